@@ -1,0 +1,233 @@
+"""The ``bobx`` command: a thin Typer layer over the featcache / evaluators API.
+
+Every command parses its options, calls one library function, and prints. A
+:class:`featcache.errors.BobxError` becomes one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from featcache.errors import BobxError
+
+app = typer.Typer(
+    name="bobx",
+    help="Evaluate pretrained vision backbones from a shared feature cache.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+StoreOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--store",
+        envvar="BOBX_STORE",
+        help="Store URL: a directory, s3://bucket/prefix or memory://name [env BOBX_STORE; "
+        "default ./bobx-store].",
+        show_default=False,
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+
+def _store(url: str | None) -> Any:
+    from featcache.store import open_store
+
+    return open_store(url)
+
+
+def _echo_json(obj: Any) -> None:
+    typer.echo(json.dumps(obj, indent=2, default=str))
+
+
+def _print_records(records: list[Any], as_json: bool) -> None:
+    """Every evaluator prints what it wrote: JSON in ``bobx results --format json``'s schema."""
+    if as_json:
+        _echo_json([r.to_dict() for r in records])
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("backbone", "task", "dataset", "split", "metric", "value", "params")
+    for r in records:
+        table.add_row(
+            r.backbone, r.task, r.dataset, r.split, r.metric, f"{r.value:.4f}", r.params_json
+        )
+    Console().print(table)
+
+
+def _parse_params(items: list[str] | None) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"expected key=value, got {item!r}", param_hint="--param")
+        try:
+            params[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            params[key] = raw
+    return params
+
+
+# --------------------------------------------------------------------------- store
+@app.command("ls")
+def ls_cmd(store: StoreOpt = None, as_json: JsonOpt = False) -> None:
+    """List feature sets (and result counts) in the store."""
+    st = _store(store)
+    sets = [i.to_dict() for i in st.list_features()]
+    results = st.results()
+    if as_json:
+        _echo_json({"store": st.url, "feature_sets": sets, "n_results": len(results)})
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("backbone", "dataset", "split", "n", "dim", "dtype", "status", "created")
+    for s in sets:
+        table.add_row(
+            s["backbone"], s["dataset"], s["split"], str(s["n"]), str(s["dim"]), s["dtype"],
+            s["status"], s["created_at"][:19],
+        )
+    console = Console()
+    console.print(table)
+    console.print(f"{len(results)} result record(s) in {st.url}")
+
+
+@app.command("import-features")
+def import_features_cmd(
+    backbone: Annotated[str, typer.Option(help="Backbone name (a slug).")],
+    dataset: Annotated[str, typer.Option(help="Dataset name (a slug).")],
+    features: Annotated[Path, typer.Option(help="(N, D) .npy array of features.")],
+    split: Annotated[str, typer.Option(help="Split name.")] = "test",
+    labels: Annotated[Path | None, typer.Option(help="(N,) or (N, C) .npy labels.")] = None,
+    ids: Annotated[Path | None, typer.Option(help="Text file, one id per line.")] = None,
+    dtype: Annotated[str, typer.Option(help="Stored dtype: float16 or float32.")] = "float16",
+    overwrite: Annotated[bool, typer.Option(help="Replace a set with another cache key.")] = False,
+    store: StoreOpt = None,
+) -> None:
+    """Bring features computed by another tool into the store."""
+    from featcache.io import load_npy, read_lines
+
+    st = _store(store)
+    fs = st.import_features(
+        backbone,
+        dataset,
+        split,
+        load_npy(features),
+        labels=None if labels is None else load_npy(labels),
+        ids=None if ids is None else read_lines(ids),
+        dtype=dtype,
+        attrs={"imported_from": str(features)},
+        overwrite=overwrite,
+    )
+    typer.echo(f"imported {fs.n} x {fs.dim} features as {backbone}/{dataset}/{split}")
+
+
+# --------------------------------------------------------------------------- records
+@app.command("record")
+def record_cmd(
+    backbone: Annotated[str, typer.Option()],
+    task: Annotated[str, typer.Option(help="e.g. classification, detection, retrieval.")],
+    dataset: Annotated[str, typer.Option()],
+    metric: Annotated[str, typer.Option(help="e.g. top1, map, ap_box.")],
+    value: Annotated[float, typer.Option()],
+    split: Annotated[str, typer.Option()] = "test",
+    lower_is_better: Annotated[bool, typer.Option(help="The metric is an error/loss.")] = False,
+    param: Annotated[list[str] | None, typer.Option(help="Protocol knob key=value (repeat).")] = None,
+    cache_key: Annotated[str | None, typer.Option(help="Cache key of the features used.")] = None,
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Record one metric (from any job: fine-tuning, detection, your own script)."""
+    rec = _store(store).record(
+        backbone=backbone,
+        task=task,
+        dataset=dataset,
+        metric=metric,
+        value=value,
+        split=split,
+        higher_is_better=not lower_is_better,
+        params=_parse_params(param),
+        cache_key=cache_key,
+    )
+    _print_records([rec], as_json)
+
+
+@app.command("import-results")
+def import_results_cmd(
+    file: Annotated[Path, typer.Argument(help="CSV or JSONL in long format.")],
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Import results (columns backbone, task, dataset, metric, value[, split,
+    higher_is_better, params])."""
+    from featcache.records import read_result_rows, records_from_rows
+
+    records = records_from_rows(read_result_rows(file), source=str(file))
+    _store(store).add_records(records)
+    if as_json:
+        _print_records(records, True)
+    else:
+        typer.echo(f"imported {len(records)} record(s) from {file}")
+
+
+class ResultFormat(str, Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+    parquet = "parquet"
+    markdown = "markdown"
+
+
+@app.command("results")
+def results_cmd(
+    fmt: Annotated[ResultFormat, typer.Option("--format")] = ResultFormat.table,
+    output: Annotated[Path | None, typer.Option(help="Write to this file.")] = None,
+    backbone: Annotated[list[str] | None, typer.Option(help="Filter (repeatable).")] = None,
+    task: Annotated[list[str] | None, typer.Option(help="Filter (repeatable).")] = None,
+    dataset: Annotated[list[str] | None, typer.Option(help="Filter (repeatable).")] = None,
+    metric: Annotated[list[str] | None, typer.Option(help="Filter (repeatable).")] = None,
+    split: Annotated[list[str] | None, typer.Option(help="Filter (repeatable).")] = None,
+    store: StoreOpt = None,
+) -> None:
+    """Show or export result records."""
+    from featcache.io import write_results
+
+    df = _store(store).results(
+        backbone=backbone or None,
+        task=task or None,
+        dataset=dataset or None,
+        metric=metric or None,
+        split=split or None,
+    )
+    text = write_results(df, fmt.value, output)
+    if text is not None:
+        typer.echo(text)
+
+
+@app.command("compact")
+def compact_cmd(store: StoreOpt = None) -> None:
+    """Fold loose result records into one Parquet pack (faster queries on big stores)."""
+    n = _store(store).compact_records()
+    typer.echo(f"packed {n} record(s)")
+
+
+# --------------------------------------------------------------------------- entry point
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry: user errors become one line and exit status 2."""
+    try:
+        app(args=argv, standalone_mode=True)
+    except BobxError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
