@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -92,8 +92,14 @@ def ls_cmd(store: StoreOpt = None, as_json: JsonOpt = False) -> None:
     table = Table("backbone", "dataset", "split", "n", "dim", "dtype", "status", "created")
     for s in sets:
         table.add_row(
-            s["backbone"], s["dataset"], s["split"], str(s["n"]), str(s["dim"]), s["dtype"],
-            s["status"], s["created_at"][:19],
+            s["backbone"],
+            s["dataset"],
+            s["split"],
+            str(s["n"]),
+            str(s["dim"]),
+            s["dtype"],
+            s["status"],
+            s["created_at"][:19],
         )
     console = Console()
     console.print(table)
@@ -140,7 +146,9 @@ def record_cmd(
     value: Annotated[float, typer.Option()],
     split: Annotated[str, typer.Option()] = "test",
     lower_is_better: Annotated[bool, typer.Option(help="The metric is an error/loss.")] = False,
-    param: Annotated[list[str] | None, typer.Option(help="Protocol knob key=value (repeat).")] = None,
+    param: Annotated[
+        list[str] | None, typer.Option(help="Protocol knob key=value (repeat).")
+    ] = None,
     cache_key: Annotated[str | None, typer.Option(help="Cache key of the features used.")] = None,
     store: StoreOpt = None,
     as_json: JsonOpt = False,
@@ -178,7 +186,7 @@ def import_results_cmd(
         typer.echo(f"imported {len(records)} record(s) from {file}")
 
 
-class ResultFormat(str, Enum):
+class ResultFormat(StrEnum):
     table = "table"
     csv = "csv"
     json = "json"

@@ -29,7 +29,9 @@ def manifest_dirs(kind: str) -> list[Path]:
     for entry in filter(None, os.environ.get(ENV_VAR, "").split(os.pathsep)):
         root = Path(entry).expanduser()
         if not root.is_dir():
-            raise ManifestError(f"${ENV_VAR} names {root}, which is not a directory; fix or unset it.")
+            raise ManifestError(
+                f"${ENV_VAR} names {root}, which is not a directory; fix or unset it."
+            )
         dirs.append(root / kind if (root / kind).is_dir() else root)
     return dirs
 

@@ -48,9 +48,13 @@ def write_results(df: Any, fmt: str, output: str | Path | None) -> str | None:
     elif fmt == "csv":
         text = df.to_csv(index=False)
     elif fmt == "markdown":
-        text = df.drop(columns=["id", "bobx_version", "git_hash", "host", "user"]).to_markdown(
-            index=False
-        ) if len(df) else "(no results)"
+        text = (
+            df.drop(columns=["id", "bobx_version", "git_hash", "host", "user"]).to_markdown(
+                index=False
+            )
+            if len(df)
+            else "(no results)"
+        )
     elif fmt == "table":
         cols = ["backbone", "task", "dataset", "split", "metric", "value", "params"]
         text = df[cols].to_string(index=False) if len(df) else "(no results)"

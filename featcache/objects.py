@@ -50,6 +50,8 @@ async def _collect(it: AsyncIterator[str]) -> list[str]:
 def _s3_options(storage_options: dict[str, Any] | None) -> dict[str, Any]:
     """fsspec options for S3: explicit ones win; else the usual AWS variables."""
     opts = dict(storage_options or {})
+    # other writers add objects all the time: never serve a stale cached listing
+    opts.setdefault("use_listings_cache", False)
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     if endpoint and "endpoint_url" not in opts:
         opts.setdefault("client_kwargs", {}).setdefault("endpoint_url", endpoint)
@@ -65,7 +67,9 @@ def open_zarr_store(url: str, storage_options: dict[str, Any] | None = None) -> 
         try:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise StoreError(f"Cannot create store directory {root}: {exc}. Pass a writable --store.")
+            raise StoreError(
+                f"Cannot create store directory {root}: {exc}. Pass a writable --store."
+            ) from exc
         return LocalStore(root)
     if scheme == "memory":
         name = (parsed.netloc + parsed.path).strip("/") or "default"
@@ -103,12 +107,18 @@ class Objects:
         return bool(_run(self.zstore.exists(key)))
 
     def list_dir(self, prefix: str) -> list[str]:
-        """Immediate children (files and folders) of ``prefix``."""
+        """Immediate children (files and folders) of ``prefix``; in-flight temporary
+        files are never listed."""
         prefix = prefix.rstrip("/")
         try:
-            return sorted(set(_run(_collect(self.zstore.list_dir(prefix)))))
+            names = set(_run(_collect(self.zstore.list_dir(prefix))))
         except FileNotFoundError:
             return []
+        return sorted(n for n in names if not n.startswith(".") and not n.endswith(".partial"))
+
+    def list_groups(self, prefix: str) -> list[str]:
+        """Child folders of ``prefix`` (skips zarr's own ``zarr.json`` metadata objects)."""
+        return [n for n in self.list_dir(prefix) if n != "zarr.json"]
 
     def list_prefix(self, prefix: str) -> list[str]:
         """Every key below ``prefix`` (recursive), as full keys."""
@@ -129,15 +139,21 @@ class Objects:
         zs = self.zstore
         if isinstance(zs, LocalStore):
             return _local_put_new(Path(zs.root) / key, data)
-        if isinstance(zs, FsspecStore) and getattr(zs.fs, "protocol", None) and (
-            "s3" in zs.fs.protocol or "s3a" in zs.fs.protocol
+        if (
+            isinstance(zs, FsspecStore)
+            and getattr(zs.fs, "protocol", None)
+            and ("s3" in zs.fs.protocol or "s3a" in zs.fs.protocol)
         ):
             path = f"{zs.path.rstrip('/')}/{key}"
             try:
                 _run(zs.fs._pipe_file(path, data, mode="create"))
             except Exception as exc:  # botocore ClientError: PreconditionFailed / 412
                 text = str(exc)
-                if "PreconditionFailed" in text or "412" in text or isinstance(exc, FileExistsError):
+                if (
+                    "PreconditionFailed" in text
+                    or "412" in text
+                    or isinstance(exc, FileExistsError)
+                ):
                     return False
                 raise StoreError(f"Cannot write {key!r} to the S3 store: {exc}") from exc
             return True

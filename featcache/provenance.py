@@ -14,7 +14,16 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-_VERSIONED = ("bobx", "numpy", "zarr", "torch", "timm", "open_clip_torch", "faiss-cpu", "scikit-learn")
+_VERSIONED = (
+    "bobx",
+    "numpy",
+    "zarr",
+    "torch",
+    "timm",
+    "open_clip_torch",
+    "faiss-cpu",
+    "scikit-learn",
+)
 
 
 def bobx_version() -> str:

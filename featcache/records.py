@@ -179,9 +179,11 @@ def read_result_rows(path: str | Path) -> list[dict[str, Any]]:
         raise DataError(f"{path}: cannot parse results file: {exc}") from exc
     missing = {"backbone", "task", "dataset", "metric", "value"} - set(frame.columns)
     if missing:
-        raise DataError(f"{path}: missing column(s) {sorted(missing)}; long format needs "
-                        "backbone, task, dataset, metric, value.")
-    return frame.to_dict(orient="records")
+        raise DataError(
+            f"{path}: missing column(s) {sorted(missing)}; long format needs "
+            "backbone, task, dataset, metric, value."
+        )
+    return [{str(k): v for k, v in row.items()} for row in frame.to_dict(orient="records")]
 
 
 def records_from_rows(rows: Iterable[Mapping[str, Any]], *, source: str) -> list[Record]:

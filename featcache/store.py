@@ -22,11 +22,13 @@ by computing only the chunks without a marker; shards own disjoint chunk ranges.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +37,13 @@ import zarr
 from zarr.errors import ContainsArrayError, ContainsGroupError
 
 from featcache import provenance
-from featcache.errors import IncompleteError, ShapeError, StaleCacheError, StoreError, UnknownNameError
+from featcache.errors import (
+    IncompleteError,
+    ShapeError,
+    StaleCacheError,
+    StoreError,
+    UnknownNameError,
+)
 from featcache.names import validate_name
 from featcache.objects import Objects, open_zarr_store
 from featcache.records import COLUMNS, Record, make_record, new_record_id
@@ -67,6 +75,71 @@ def _fs_key(backbone: str, dataset: str, split: str) -> str:
     )
 
 
+def _raw_little_endian(arr: zarr.Array) -> bool:
+    """True when chunks are the plain little-endian bytes of the rows (no other codec)."""
+    codecs: tuple[Any, ...] = tuple(getattr(arr.metadata, "codecs", ()))  # v2: none, not raw
+    return (
+        len(codecs) == 1
+        and type(codecs[0]).__name__ == "BytesCodec"
+        and str(getattr(codecs[0], "endian", "little")).endswith("little")
+        and arr.ndim == 2
+        and arr.chunks[1] == arr.shape[1]
+    )
+
+
+def read_rows(store: Store, arr: zarr.Array, start: int, stop: int) -> np.ndarray:
+    """Rows ``[start, stop)`` of a row-chunked 2-D array.
+
+    Embeddings are stored with only the ``bytes`` codec (see the README's chunking
+    note), so a chunk object *is* the little-endian rows: this reads each chunk's
+    bytes straight into one preallocated array (``readinto`` on local disk, a
+    parallel GET elsewhere) instead of zarr's generic decode-and-copy pipeline.
+    Any other encoding falls back to zarr's own reader."""
+    if not _raw_little_endian(arr) or start >= stop:
+        return np.asarray(arr[start:stop])
+    rows, dim = arr.chunks[0], arr.shape[1]
+    dtype = np.dtype(arr.dtype).newbyteorder("<")
+    out = np.empty((stop - start, dim), dtype=dtype)
+    prefix = arr.path
+    meta = arr.metadata
+    jobs = []
+    for chunk in range(start // rows, (stop - 1) // rows + 1):
+        c0, c1 = chunk * rows, min(arr.shape[0], (chunk + 1) * rows)
+        lo, hi = max(c0, start), min(c1, stop)
+        key = f"{prefix}/{meta.encode_chunk_key((chunk, 0))}"
+        jobs.append((key, c0, lo, hi))
+    local_root = getattr(store.zstore, "root", None)
+
+    def fill(job: tuple[str, int, int, int]) -> None:
+        key, c0, lo, hi = job
+        target = out[lo - start : hi - start]
+        skip = (lo - c0) * dim * dtype.itemsize
+        if local_root is not None:
+            try:
+                with open(os.path.join(local_root, key), "rb", buffering=0) as f:
+                    f.seek(skip)
+                    if f.readinto(memoryview(target).cast("B")) == target.nbytes:  # type: ignore[arg-type]
+                        return
+            except FileNotFoundError:
+                pass
+        else:
+            raw = store.objects.get(key)
+            if raw is not None:
+                target[...] = np.frombuffer(
+                    raw, dtype=dtype, count=target.size, offset=skip
+                ).reshape(target.shape)
+                return
+        target[...] = np.asarray(arr[lo:hi])  # missing chunk (fill value) or short read
+
+    if len(jobs) == 1 or local_root is not None:
+        for job in jobs:
+            fill(job)
+    else:
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            list(pool.map(fill, jobs))
+    return out
+
+
 @dataclass(frozen=True)
 class FeatureSetInfo:
     """One line of ``bobx ls``."""
@@ -88,7 +161,9 @@ class FeatureSetInfo:
 class FeatureSet:
     """A complete, read-only feature set. Obtain with :meth:`Store.features`."""
 
-    def __init__(self, store: Store, key: str, spec: Mapping[str, Any], complete: Mapping[str, Any]):
+    def __init__(
+        self, store: Store, key: str, spec: Mapping[str, Any], complete: Mapping[str, Any]
+    ):
         self._store, self.key = store, key
         self.spec, self.completion = dict(spec), dict(complete)
         self.backbone, self.dataset, self.split = key.split("/")[1:4]
@@ -112,8 +187,9 @@ class FeatureSet:
 
     def embeddings(self, *, dtype: Any = np.float32) -> np.ndarray:
         """All embeddings, (N, D), loaded at once (use :meth:`iter_blocks` when they do not fit)."""
-        arr = np.asarray(self._array("embeddings")[...])
-        return arr if dtype is None else arr.astype(dtype, copy=False)
+        arr = self._array("embeddings")
+        out = read_rows(self._store, arr, 0, self.n)
+        return out if dtype is None else out.astype(dtype, copy=False)
 
     def iter_blocks(
         self, *, block_rows: int | None = None, dtype: Any = np.float32
@@ -123,7 +199,7 @@ class FeatureSet:
         step = block_rows or self.chunk_rows
         step = max(self.chunk_rows, (step // self.chunk_rows) * self.chunk_rows)
         for start in range(0, self.n, step):
-            block = np.asarray(arr[start : min(self.n, start + step)])
+            block = read_rows(self._store, arr, start, min(self.n, start + step))
             yield block if dtype is None else block.astype(dtype, copy=False)
 
     def labels(self) -> np.ndarray:
@@ -144,7 +220,9 @@ class FeatureSet:
         return x, y, ids
 
     def __repr__(self) -> str:
-        return f"FeatureSet({self.backbone}/{self.dataset}/{self.split}, n={self.n}, dim={self.dim})"
+        return (
+            f"FeatureSet({self.backbone}/{self.dataset}/{self.split}, n={self.n}, dim={self.dim})"
+        )
 
 
 @dataclass
@@ -212,7 +290,8 @@ class FeatureWriter:
         if len(ids) != rows:
             raise ShapeError(f"Chunk {index}: {len(ids)} ids for {rows} rows.")
         valid = np.ones(rows, dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
-        emb = np.asarray(embeddings, dtype=self.spec["dtype"])
+        with np.errstate(over="ignore"):  # overflow is reported below, as non-finite rows
+            emb = np.asarray(embeddings, dtype=self.spec["dtype"])
         if not np.isfinite(emb[valid]).all():
             raise ShapeError(
                 f"Chunk {index} of {self.key} has non-finite embeddings (overflow in "
@@ -265,10 +344,10 @@ class Store:
         self.zstore = open_zarr_store(self.url, storage_options)
         self.objects = Objects(self.zstore)
         if not self.objects.exists("zarr.json"):
-            try:
-                zarr.open_group(store=self.zstore, mode="a", attributes={"bobx_store": STORE_FORMAT})
-            except (ContainsGroupError, ContainsArrayError):
-                pass
+            with contextlib.suppress(ContainsGroupError, ContainsArrayError):
+                zarr.open_group(
+                    store=self.zstore, mode="a", attributes={"bobx_store": STORE_FORMAT}
+                )
 
     def __repr__(self) -> str:
         return f"Store({self.url!r})"
@@ -345,22 +424,33 @@ class Store:
         n, rows = int(spec["n"]), int(spec["chunk_rows"])
         label_shape = tuple(spec["label_shape"])
         arrays: list[tuple[str, tuple[int, ...], tuple[int, ...], Any, Any, bool]] = [
-            ("embeddings", (n, int(spec["dim"])), (rows, int(spec["dim"])), spec["dtype"], 0.0, False),
-            ("labels", (n, *label_shape), (rows, *label_shape),
-             "int8" if label_shape else "int64", -1, True),
+            (
+                "embeddings",
+                (n, int(spec["dim"])),
+                (rows, int(spec["dim"])),
+                spec["dtype"],
+                0.0,
+                False,
+            ),
+            (
+                "labels",
+                (n, *label_shape),
+                (rows, *label_shape),
+                "int8" if label_shape else "int64",
+                -1,
+                True,
+            ),
             ("ids", (n,), (rows,), str, "", True),
             ("valid", (n,), (rows,), "bool", False, True),
         ]
         zs = self.zstore
         if not self.objects.exists(f"{key}/zarr.json"):
-            try:
+            with contextlib.suppress(ContainsGroupError, ContainsArrayError):
                 zarr.open_group(store=zs, path=key, mode="a", attributes={"bobx": "feature_set"})
-            except (ContainsGroupError, ContainsArrayError):
-                pass
         for name, shape, chunks, dtype, fill, compress in arrays:
             if self.objects.exists(f"{key}/{name}/zarr.json"):
                 continue
-            try:
+            with contextlib.suppress(ContainsArrayError, ContainsGroupError, FileExistsError):
                 zarr.create_array(
                     store=zs,
                     name=f"{key}/{name}",
@@ -371,8 +461,6 @@ class Store:
                     compressors="auto" if compress else None,
                     overwrite=False,
                 )
-            except (ContainsArrayError, ContainsGroupError, FileExistsError):
-                pass
 
     def features(self, backbone: str, dataset: str, split: str = "test") -> FeatureSet:
         """Open a complete feature set, or raise a clear error saying how to get one."""
@@ -402,9 +490,9 @@ class Store:
 
     def list_features(self) -> list[FeatureSetInfo]:
         out = []
-        for backbone in self.objects.list_dir("features"):
-            for dataset in self.objects.list_dir(f"features/{backbone}"):
-                for split in self.objects.list_dir(f"features/{backbone}/{dataset}"):
+        for backbone in self.objects.list_groups("features"):
+            for dataset in self.objects.list_groups(f"features/{backbone}"):
+                for split in self.objects.list_groups(f"features/{backbone}/{dataset}"):
                     key = f"features/{backbone}/{dataset}/{split}"
                     spec = self._spec(key)
                     if spec is None:
@@ -497,7 +585,8 @@ class Store:
         )
         if obj is None:
             raise UnknownNameError(
-                "dataset metadata", f"{dataset}/{name}",
+                "dataset metadata",
+                f"{dataset}/{name}",
                 hint=f"Run `bobx extract --dataset {dataset}` to copy it into the store.",
             )
         return obj
@@ -531,7 +620,11 @@ class Store:
             group.create_array(
                 validate_name(arr_name, "array"), data=value, compressors=None, overwrite=True
             )
-        done = {"attrs": dict(attrs or {}), "arrays": sorted(arrays), "written_at": provenance.now_iso()}
+        done = {
+            "attrs": dict(attrs or {}),
+            "arrays": sorted(arrays),
+            "written_at": provenance.now_iso(),
+        }
         self.objects.put_json(f"{key}/_bobx/complete.json", done)
 
     def get_artifact(
@@ -540,7 +633,7 @@ class Store:
         key = self._artifact_key(kind, backbone, dataset, name)
         done = self.objects.get_json(f"{key}/_bobx/complete.json")
         if done is None:
-            have = self.objects.list_dir(f"artifacts/{kind}/{backbone}/{dataset}")
+            have = self.objects.list_groups(f"artifacts/{kind}/{backbone}/{dataset}")
             raise UnknownNameError(f"{kind} artifact", f"{backbone}/{dataset}/{name}", have)
         arrays = {
             n: np.asarray(zarr.open_array(store=self.zstore, path=f"{key}/{n}", mode="r")[...])
@@ -549,7 +642,7 @@ class Store:
         return arrays, dict(done.get("attrs", {}))
 
     def list_artifacts(self, kind: str, backbone: str, dataset: str) -> list[str]:
-        return self.objects.list_dir(
+        return self.objects.list_groups(
             f"artifacts/{validate_name(kind)}/{validate_name(backbone)}/{validate_name(dataset)}"
         )
 
@@ -567,7 +660,9 @@ class Store:
 
     def _loose_record_keys(self) -> list[str]:
         return [
-            f"records/loose/{n}" for n in self.objects.list_dir("records/loose") if n.endswith(".json")
+            f"records/loose/{n}"
+            for n in self.objects.list_dir("records/loose")
+            if n.endswith(".json")
         ]
 
     def results(self, **filters: Any) -> Any:
@@ -593,7 +688,9 @@ class Store:
         if not frames:
             return pd.DataFrame({c: pd.Series(dtype=object) for c in COLUMNS})
         df = pd.concat(frames, ignore_index=True)
-        df = df.drop_duplicates("id").sort_values("created_at", kind="stable").reset_index(drop=True)
+        df = (
+            df.drop_duplicates("id").sort_values("created_at", kind="stable").reset_index(drop=True)
+        )
         df = df.reindex(columns=list(COLUMNS))
         df["value"] = df["value"].astype(float)
         df["higher_is_better"] = df["higher_is_better"].astype(bool)
