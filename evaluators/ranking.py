@@ -355,6 +355,8 @@ def overall_scores(
     """
     _check_overall_args(weight, min_tasks)
     if "score" in data.columns and "z" not in data.columns:
+        if "n_settings" not in data.columns:
+            raise DataError("Task scores lack n_settings; pass the output of task_scores().")
         ts = data[data["task"] != OVERALL]
         ts = ts[ts["task"].isin(_select_tasks(ts["task"], tasks))]
     else:
