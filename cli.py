@@ -217,7 +217,7 @@ def results_cmd(
     )
     text = write_results(df, fmt.value, output)
     if text is not None:
-        typer.echo(text)
+        typer.echo(text, nl=not text.endswith("\n"))
 
 
 @app.command("compact")
