@@ -230,7 +230,9 @@ def plot_task_heatmap(corr: pd.DataFrame, path: str | PathLike[str]) -> Path:
             text = "" if np.isnan(rho[i, j]) else f"{rho[i, j]:.2f}"
             if i != j and not np.isnan(n[i, j]):
                 text += f"\nn={int(n[i, j])}"
-            ax.text(j, i, text, ha="center", va="center", fontsize=7)
+            dark = not np.isnan(rho[i, j]) and abs(rho[i, j]) > 0.6
+            color = "white" if dark else "black"
+            ax.text(j, i, text, ha="center", va="center", fontsize=7, color=color)
     fig.colorbar(image, ax=ax, label="Spearman rho")
     out = Path(path)
     fig.savefig(out, dpi=150)

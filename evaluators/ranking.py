@@ -431,6 +431,11 @@ def rank(
     z = _as_z(df, ddof)
     selected = _select_tasks(z["task"], tasks)
     z = z[z["task"].isin(selected)]
+    if z.empty:
+        raise DataError(
+            "Nothing to rank: no setting has at least two backbones with a value. "
+            "z-scores compare backbones within a setting; add results for more backbones."
+        )
     backbones = sorted(z["backbone"].unique())
     col = {b: i for i, b in enumerate(backbones)}
     n_b = len(backbones)

@@ -231,6 +231,12 @@ def test_bad_records_raise_data_error_saying_what_to_fix(mutate, message):
         zscores(mutate(df))
 
 
+def test_nothing_comparable_to_rank_says_why():
+    with pytest.raises(DataError, match="at least two backbones"):
+        rank(pd.DataFrame([record("a", 1.0), record("a", 2.0, dataset="e")]))
+    assert task_scores(pd.DataFrame([record("a", 1.0)])).empty
+
+
 def test_string_directions_from_csv_are_accepted():
     df = pd.DataFrame([record(b, v, hib="false") for b, v in zip("ab", [1.0, 2.0], strict=True)])
     assert zscores(df).set_index("backbone")["z"].idxmax() == "a"
@@ -602,3 +608,9 @@ def test_table20_group_order_reproduces(bob_main):
     ours = table.pivot(index="task", columns="group", values="score")
     for task, want in paper.TABLE20.items():
         assert sorted(want, key=want.get) == sorted(want, key=ours.loc[task].get), task
+
+
+def test_module_docstring_example_runs():
+    import doctest
+
+    assert doctest.testmod(ranking).failed == 0
