@@ -538,3 +538,23 @@ def test_every_returned_metric_has_a_direction():
 def test_module_does_not_import_torch():
     code = "import sys, evaluators.retrieval; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+@pytest.mark.parametrize("n_values", [3, 500, 10**6])  # many ties (binned), a few (loop), none
+def test_count_before_matches_brute_force(n_values):
+    from evaluators.retrieval import _count_before
+
+    rng = np.random.default_rng(n_values)
+    n_all, base, n = 300, 100, 120  # the block holds items 100..219 of a 300-item database
+    all_scores = rng.integers(0, n_values, n_all).astype(np.float32)
+    tracked = rng.choice(n_all, 50, replace=False)  # inside and outside the block
+    order = np.argsort(all_scores[tracked], kind="stable")
+    thr, idx = all_scores[tracked][order], tracked[order].astype(np.int64)
+    block = all_scores[base : base + n]
+    got = _count_before(block, base, thr, idx)
+    d = np.arange(base, base + n)
+    want = [
+        np.count_nonzero((block > t) | ((block == t) & (d < p)))
+        for t, p in zip(thr, idx, strict=True)
+    ]
+    assert got.tolist() == want
