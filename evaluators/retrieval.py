@@ -19,9 +19,9 @@ Conventions shared by every function in this module
   streamed in blocks.
 * **Values are fractions in [0, 1]**, not percent. Published tables print percent:
   rOxford medium mAP 64.67 corresponds to ``0.6467`` here.
-* Counts (``n_queries``, ``n_queries_skipped``) are not metrics; every metric name's
-  direction is in :data:`HIGHER_IS_BETTER`, keyed by the family (the text before the first
-  ``@``): look names up with :func:`higher_is_better`.
+* Counts (``n_queries``, ``n_queries_skipped``) are not metrics. Every metric is higher-is-
+  better; :data:`HIGHER_IS_BETTER` lists the default names and :func:`higher_is_better`
+  answers for any returned name (``map@100``, ``recall@20``).
 """
 
 from __future__ import annotations
@@ -46,15 +46,22 @@ __all__ = [
     "revisited_map_streaming",
 ]
 
-#: Direction of every metric family returned here. A metric name is ``family`` or
-#: ``family@k`` (``map@100``, ``mp@5``, ``recall@10``); look it up with :func:`higher_is_better`.
-HIGHER_IS_BETTER: dict[str, bool] = {
+_FAMILIES: dict[str, bool] = {
     "map": True,  # mean average precision (revisitop trapezoid AP or standard AP; see functions)
     "mp": True,  # revisitop mean precision at k, with the min(max(pos), k) shrink
     "mrr": True,  # mean reciprocal rank of the first relevant item
     "recall": True,  # fraction of a query's relevant items found in the top k (BoB's Recall@k)
     "hit": True,  # 1 if any relevant item is in the top k (often also called "recall@k")
     "precision": True,  # relevant items in the top k divided by k
+}
+
+#: Direction of every metric name returned with the default ``ks=(1, 5, 10)``, plus the
+#: families (``map``, ``mp``, ``mrr``, ``recall``, ``hit``, ``precision``). A name for another k
+#: or a cut-off (``map@100``, ``recall@20``) has its family's direction: use
+#: :func:`higher_is_better`, which accepts any name returned here.
+HIGHER_IS_BETTER: dict[str, bool] = {
+    **_FAMILIES,
+    **{f"{fam}@{k}": True for fam in ("mp", "recall", "hit", "precision") for k in (1, 5, 10)},
 }
 
 #: The three revisitop protocols, in the order results are reported.
@@ -593,6 +600,8 @@ def revisited_map_streaming(
     truncated ranks, except that it crashes when no positive is listed (AP = mP = 0 here).
     """
     q = _as_features(query_x, "query_x")
+    if q.shape[0] == 0:
+        raise ShapeError("query_x has no rows; pass one feature row per query.")
     if q.shape[0] != len(gnd):
         raise ShapeError(
             f"query_x has {q.shape[0]} rows but gnd has {len(gnd)} queries; one feature per query."
@@ -743,6 +752,8 @@ def label_retrieval(
             "sides must come from the same backbone and layer."
         )
     nq, n_db = q.shape[0], db.shape[0]
+    if nq == 0:
+        raise ShapeError("query_x has no rows; pass at least one query.")
     qy = _labels(query_y, nq, "query_y")
     dy = _labels(db_y, n_db, "db_y")
     if (qy.dtype.kind in "US") != (dy.dtype.kind in "US"):
