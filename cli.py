@@ -227,6 +227,101 @@ def compact_cmd(store: StoreOpt = None) -> None:
     typer.echo(f"packed {n} record(s)")
 
 
+# --------------------------------------------------------------------------- ranking
+class Weight(StrEnum):
+    task = "task"
+    setting = "setting"
+
+
+@app.command("rank")
+def rank_cmd(
+    task: Annotated[list[str] | None, typer.Option(help="Rank these tasks (repeatable).")] = None,
+    backbone: Annotated[list[str] | None, typer.Option(help="Only these (repeatable).")] = None,
+    dataset: Annotated[list[str] | None, typer.Option(help="Only these (repeatable).")] = None,
+    n_boot: Annotated[int, typer.Option(help="Bootstrap replicates (0: none).")] = 1000,
+    seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
+    weight: Annotated[
+        Weight, typer.Option(help="overall = mean of task scores, or of all settings.")
+    ] = Weight.task,
+    min_tasks: Annotated[int, typer.Option(help="Overall: backbones in >= this many tasks.")] = 1,
+    top: Annotated[int, typer.Option(help="Backbones per task in the summary.")] = 3,
+    csv: Annotated[Path | None, typer.Option(help="Also write the full ranking as CSV.")] = None,
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Rank backbones per task and overall (z-scores per setting, bootstrap CIs)."""
+    from featcache.runners.ranking import rank_store
+
+    ranked = rank_store(
+        _store(store),
+        tasks=task,
+        backbones=backbone,
+        datasets=dataset,
+        n_boot=n_boot,
+        seed=seed,
+        weight=weight.value,
+        min_tasks=min_tasks,
+    )
+    if csv is not None:
+        ranked.to_csv(csv, index=False)
+    if as_json:
+        typer.echo(ranked.to_json(orient="records", indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("task", "rank", "backbone", "score", f"{95}% CI", "P(first)", "settings")
+    for row in ranked.itertuples():
+        if row.rank > top:
+            continue
+        ci = "" if row.ci_low != row.ci_low else f"[{row.ci_low:+.2f}, {row.ci_high:+.2f}]"
+        pf = "" if row.p_first != row.p_first else f"{row.p_first:.2f}"
+        table.add_row(
+            row.task, str(row.rank), row.backbone, f"{row.score:+.3f}", ci, pf, str(row.n_settings)
+        )
+    Console().print(table)
+
+
+@app.command("correlate")
+def correlate_cmd(
+    task: Annotated[list[str] | None, typer.Option(help="Only these tasks (repeatable).")] = None,
+    backbone: Annotated[list[str] | None, typer.Option(help="Only these (repeatable).")] = None,
+    dataset: Annotated[list[str] | None, typer.Option(help="Only these (repeatable).")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Heatmap of task-task rho (PNG).")] = None,
+    scatter: Annotated[
+        str | None, typer.Option(help="TASK_X,TASK_Y: a two-task scatter (paper Fig. 1).")
+    ] = None,
+    scatter_plot: Annotated[Path, typer.Option(help="Where --scatter goes.")] = Path(
+        "scatter.png"
+    ),
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Spearman correlations between tasks and with backbone metadata (ViT vs CNN)."""
+    from featcache.runners.ranking import correlate_store
+
+    out = correlate_store(_store(store), tasks=task, backbones=backbone, datasets=dataset)
+    if plot is not None:
+        from evaluators.correlation import plot_task_heatmap
+
+        plot_task_heatmap(out["tasks"], plot)
+    if scatter:
+        from evaluators.correlation import plot_scatter
+
+        task_x, _, task_y = scatter.partition(",")
+        if not task_y:
+            raise typer.BadParameter("expected TASK_X,TASK_Y", param_hint="--scatter")
+        plot_scatter(out["scores"], task_x, task_y, scatter_plot)
+    if as_json:
+        payload = {k: json.loads(out[k].to_json(orient="records")) for k in ("tasks", "metadata")}
+        _echo_json(payload)
+        return
+    typer.echo("Task-task Spearman correlations across backbones:")
+    typer.echo(out["tasks"].to_string(index=False, float_format="%.3f"))
+    typer.echo("\nOverall score vs backbone metadata (by architecture family):")
+    typer.echo(out["metadata"].to_string(index=False, float_format="%.3f"))
+
+
 # --------------------------------------------------------------------------- entry point
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry: user errors become one line and exit status 2."""
