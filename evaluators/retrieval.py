@@ -339,7 +339,8 @@ def _trapezoid_ap(pos: IntArray, ign: IntArray, ks: tuple[int, ...]) -> tuple[fl
     complete = r.size == n_pos
     mps = []
     for k in ks:
-        # an unlisted positive lies beyond every listed one, so max(pos) > k there
+        # cut-off list missing a positive: take max(pos) > k (true if the list holds k
+        # non-ignored images; see revisited_map_streaming)
         kq = min(int(pos1[-1]), k) if complete else k
         mps.append(float(np.count_nonzero(pos1 <= kq)) / kq)
     return ap, mps
