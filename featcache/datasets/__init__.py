@@ -70,7 +70,9 @@ def resolve_data_root(spec: DatasetSpec, data_root: str | Path | None = None) ->
     if not path.is_dir():
         raise DataError(
             f"Data root {path} for dataset {spec.name!r} (from {origin}) is not a directory; "
-            f"fix {origin}" + (f" or set ${spec.root_env}" if spec.root_env else "") + "."
+            "point "
+            + (f"${spec.root_env} or " if spec.root_env else "")
+            + "--data-root at the dataset directory."
         )
     return path
 
@@ -89,7 +91,12 @@ def open_split(
     with query boxes (revisited Oxford/Paris) and is then recorded in ``params``.
     """
     if split not in spec.splits:
-        raise UnknownNameError(f"split of dataset {spec.name!r}", split, spec.splits)
+        raise UnknownNameError(
+            "split",
+            split,
+            spec.splits,
+            hint=f"Dataset {spec.name!r} has splits: {', '.join(spec.splits)}.",
+        )
     if query_crop not in QUERY_CROPS:
         raise UnknownNameError("query crop", query_crop, QUERY_CROPS)
     if limit is not None and limit < 0:
