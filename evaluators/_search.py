@@ -1,0 +1,338 @@
+"""Exact top-k inner-product search over a streamed database.
+
+One function, :func:`exact_topk`, shared by the kNN classifier and the retrieval
+evaluators. The database is consumed block by block (an in-memory array is cut
+into ``block_rows`` slices, an iterable of blocks is read as it comes), and the
+per-block top-k lists are merged into a running result, so peak memory is
+bounded by the block size and the ``(n_queries, k)`` result, never by the
+database size. This is the pattern of faiss ``contrib.exhaustive_search
+.knn_ground_truth``; the same call serves a RAM array and a 1M-row store.
+
+Ordering contract (stable, tested):
+
+* rows of the result are sorted by descending score;
+* equal scores are ordered by ascending database index, and when equal scores
+  straddle the k-th place, the ones with the smallest database indices are kept.
+  In other words the result is the first ``k`` items of the database sorted by
+  the key ``(-score, index)``, which is a strict total order, so the answer does
+  not depend on ``block_rows``, on how an iterable was chunked, or on the backend.
+
+Scores are computed in float32 (fp16 / float64 inputs are converted), as faiss
+and every GPU kNN do. Exact ties are therefore ties of float32 dot products.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+
+from featcache.errors import DataError, ShapeError, UnavailableError, UnknownNameError
+
+__all__ = ["METRICS", "as_labels", "exact_topk", "l2_normalize"]
+
+#: Similarities :func:`exact_topk` understands. ``"ip"``: raw inner product;
+#: ``"cosine"``: inner product of L2-normalised rows (zero rows stay zero).
+METRICS = ("ip", "cosine")
+_DEVICES = ("cpu", "cuda")
+# Upper bound on the number of float32 similarities materialised at once by the
+# numpy and torch paths (one query chunk x one database block): 2**26 -> 256 MiB.
+_MAX_TILE = 1 << 26
+
+
+def as_labels(y: Any, what: str = "labels") -> np.ndarray:
+    """Validate 1-D integer class labels and return them as int64.
+
+    Floats holding whole numbers are accepted; negative values, other dtypes and
+    other shapes raise :class:`ShapeError` (shared by the evaluators).
+    """
+    arr = np.asarray(y)
+    if arr.ndim != 1:
+        raise ShapeError(f"{what} must be 1-D class indices, got shape {arr.shape}.")
+    whole = np.issubdtype(arr.dtype, np.integer) or (
+        np.issubdtype(arr.dtype, np.floating) and np.array_equal(arr, np.round(arr))
+    )
+    if arr.size and not whole:
+        raise ShapeError(f"{what} must hold integer class indices, got dtype {arr.dtype}.")
+    arr = arr.astype(np.int64)
+    if arr.size and arr.min() < 0:
+        raise ShapeError(f"{what} has negative class indices; map labels to 0..C-1 first.")
+    return arr
+
+
+def l2_normalize(x: np.ndarray, *, eps: float = 1e-12) -> np.ndarray:
+    """Row-wise L2 normalisation in float32: ``x / max(||x||, eps)``.
+
+    Shape: ``(n, d) -> (n, d)``. Zero rows stay zero (same clamp as
+    ``torch.nn.functional.normalize``).
+    """
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64)).astype(np.float32)
+    np.maximum(norms, np.float32(eps), out=norms)
+    return x / norms[:, None]
+
+
+def exact_topk(
+    queries: np.ndarray,
+    database: np.ndarray | Iterable[np.ndarray],
+    k: int,
+    *,
+    block_rows: int = 65536,
+    metric: str = "ip",
+    device: str = "cpu",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` database rows for every query, by inner product.
+
+    Parameters
+    ----------
+    queries : array of shape (n_queries, d)
+        Any float dtype; converted to float32.
+    database : array of shape (n_db, d), or iterable of arrays of shape (n_i, d)
+        Either one array-like with ``.shape`` and row slicing (ndarray, memmap,
+        zarr array) that is read ``block_rows`` rows at a time, or an iterable
+        (list, generator) of row blocks, read once, in order. Database indices
+        in the result count rows across blocks, starting at 0.
+    k : int
+        Number of neighbours, ``k >= 1``.
+    block_rows : int, keyword-only
+        Rows per database block (and the largest block ever held in float32).
+        Blocks from an iterable that are larger are split further.
+    metric : {"ip", "cosine"}, keyword-only
+        ``"ip"`` ranks by raw inner product; ``"cosine"`` L2-normalises queries and
+        database rows first (the DINO kNN and most retrieval protocols).
+    device : {"cpu", "cuda"}, keyword-only
+        ``"cpu"`` uses faiss (falls back to numpy if faiss is not importable);
+        ``"cuda"`` uses torch on the GPU (imported only then).
+
+    Returns
+    -------
+    scores : float32 array of shape (n_queries, k)
+        Similarities, each row descending.
+    indices : int64 array of shape (n_queries, k)
+        Database row indices. Equal scores are ordered by ascending index (see
+        the module docstring). If the database has fewer than ``k`` rows, the
+        missing places hold score ``-inf`` and index ``-1`` (faiss convention).
+
+    Raises
+    ------
+    ShapeError
+        Queries or a block not 2-D, dimension mismatch, empty database.
+    DataError
+        NaN or infinite values in the queries or the database.
+    """
+    if metric not in METRICS:
+        raise UnknownNameError("metric", metric, METRICS, hint="Pass metric='ip' or 'cosine'.")
+    if device not in _DEVICES:
+        raise UnknownNameError("device", device, _DEVICES)
+    if not isinstance(k, int | np.integer) or k < 1:
+        raise ShapeError(f"k must be a positive integer, got {k!r}.")
+    if not isinstance(block_rows, int | np.integer) or block_rows < 1:
+        raise ShapeError(f"block_rows must be a positive integer, got {block_rows!r}.")
+    k = int(k)
+    q = _as_float32_2d(queries, "queries")
+    _check_finite(q, "queries")
+    if metric == "cosine":
+        q = l2_normalize(q)
+    q = np.ascontiguousarray(q)
+    nq, dim = q.shape
+
+    search = _TorchBlockSearch(q) if device == "cuda" else _CpuBlockSearch(q)
+    best_s = np.empty((nq, 0), dtype=np.float32)
+    best_i = np.empty((nq, 0), dtype=np.int64)
+    offset = 0
+    for block in _iter_blocks(database, int(block_rows)):
+        b = _as_float32_2d(block, "database block")
+        if b.shape[1] != dim:
+            raise ShapeError(
+                f"database rows have dimension {b.shape[1]} but queries have {dim}; "
+                "pass features extracted with the same backbone and pooling."
+            )
+        if b.shape[0] == 0:
+            continue
+        _check_finite(b, f"database rows {offset}..{offset + b.shape[0] - 1}")
+        if metric == "cosine":
+            b = l2_normalize(b)
+        b = np.ascontiguousarray(b)
+        s, i = search.block_topk(b, k)
+        best_s, best_i = _merge(best_s, best_i, s, i + offset, k)
+        offset += b.shape[0]
+    if offset == 0:
+        raise ShapeError("the database is empty; pass at least one row to search.")
+    if best_s.shape[1] < k:  # fewer than k rows in total: pad like faiss
+        pad = k - best_s.shape[1]
+        best_s = np.concatenate([best_s, np.full((nq, pad), -np.inf, np.float32)], axis=1)
+        best_i = np.concatenate([best_i, np.full((nq, pad), -1, np.int64)], axis=1)
+    return best_s, best_i
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _as_float32_2d(x: Any, what: str) -> np.ndarray:
+    arr = np.asarray(x)
+    if arr.ndim != 2:
+        raise ShapeError(f"{what} must be a 2-D array (rows, dim), got shape {arr.shape}.")
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise ShapeError(f"{what} must hold numbers (float), got dtype {arr.dtype}.")
+    return arr.astype(np.float32, copy=False)
+
+
+def _check_finite(x: np.ndarray, what: str) -> None:
+    if not np.isfinite(x).all():
+        raise DataError(
+            f"{what} contain NaN or infinite values; re-extract the features or drop "
+            "those rows before searching."
+        )
+
+
+def _iter_blocks(database: Any, block_rows: int) -> Iterator[Any]:
+    shape = getattr(database, "shape", None)
+    if shape is not None and hasattr(database, "__getitem__"):
+        if len(shape) != 2:
+            raise ShapeError(f"database must be 2-D (rows, dim), got shape {tuple(shape)}.")
+        for start in range(0, shape[0], block_rows):
+            yield database[start : start + block_rows]
+        return
+    if isinstance(database, str | bytes) or not isinstance(database, Iterable):
+        raise ShapeError(
+            "database must be a 2-D array or an iterable of 2-D row blocks, "
+            f"got {type(database).__name__}."
+        )
+    for block in database:
+        arr = np.asarray(block)
+        if arr.ndim == 2 and arr.shape[0] > block_rows:
+            for start in range(0, arr.shape[0], block_rows):
+                yield arr[start : start + block_rows]
+        else:
+            yield arr
+
+
+def _sort_rows(s: np.ndarray, i: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sort each row by (-score, index) and keep the first ``k`` columns."""
+    order = np.lexsort((i, -s), axis=1)[:, :k]
+    return np.take_along_axis(s, order, axis=1), np.take_along_axis(i, order, axis=1)
+
+
+def _merge(
+    s1: np.ndarray, i1: np.ndarray, s2: np.ndarray, i2: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    # (-score, index) is a strict total order, so top-k of a union equals top-k of
+    # the union of the parts' top-k lists.
+    if s1.shape[1] == 0:
+        return s2, i2
+    return _sort_rows(np.concatenate([s1, s2], axis=1), np.concatenate([i1, i2], axis=1), k)
+
+
+def _exact_row(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k of one score vector under the (-score, index) order, computed exactly."""
+    n = scores.shape[0]
+    kth = np.partition(scores, n - k)[n - k]  # k-th largest value
+    above = np.flatnonzero(scores > kth)
+    tied = np.flatnonzero(scores == kth)[: k - above.size]  # smallest indices win
+    idx = np.concatenate([above, tied])
+    order = np.lexsort((idx, -scores[idx]))
+    return scores[idx][order], idx[order].astype(np.int64)
+
+
+def _finish_block(
+    q: np.ndarray, block: np.ndarray, d: np.ndarray, i: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Turn an unordered-ties top-(k+1) list into the exact top-k of the block.
+
+    ``d``/``i`` hold the k+1 best scores of each row (correct as a multiset, ties in
+    arbitrary order). If the (k+1)-th score is strictly below the k-th, the first k
+    items are exactly the k best and only their order needs fixing. Otherwise equal
+    scores straddle the cut and the row is recomputed exactly (rare).
+    """
+    straddle = np.flatnonzero(d[:, k] == d[:, k - 1])
+    d = np.ascontiguousarray(d[:, :k])
+    i = np.ascontiguousarray(i[:, :k]).astype(np.int64, copy=False)
+    for r in straddle:
+        d[r], i[r] = _exact_row(block @ q[r], k)
+    return _sort_rows(d, i, k)
+
+
+def _all_rows(q: np.ndarray, block: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Block with at most k rows: every row is a candidate."""
+    s = q @ block.T
+    i = np.broadcast_to(np.arange(block.shape[0], dtype=np.int64), s.shape)
+    return _sort_rows(s, np.ascontiguousarray(i), k)
+
+
+class _CpuBlockSearch:
+    """faiss (``faiss.knn``, BLAS + heaps, OpenMP) with a numpy fallback."""
+
+    def __init__(self, q: np.ndarray) -> None:
+        self.q = q
+        try:
+            import faiss
+        except ImportError:  # pragma: no cover - faiss-cpu is a hard dependency
+            self.faiss: Any = None
+        else:
+            self.faiss = faiss
+
+    def block_topk(self, block: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if block.shape[0] <= k:
+            return _all_rows(self.q, block, k)
+        if self.faiss is not None:
+            d, i = self.faiss.knn(self.q, block, k + 1, metric=self.faiss.METRIC_INNER_PRODUCT)
+        else:  # pragma: no cover
+            d, i = _numpy_knn(self.q, block, k + 1)
+        return _finish_block(self.q, block, d, i, k)
+
+
+def _numpy_knn(q: np.ndarray, block: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-kk per row with numpy (ties unordered), in query chunks."""
+    nq = q.shape[0]
+    chunk = max(1, _MAX_TILE // max(block.shape[0], 1))
+    d = np.empty((nq, kk), np.float32)
+    i = np.empty((nq, kk), np.int64)
+    for a in range(0, nq, chunk):
+        s = q[a : a + chunk] @ block.T
+        part = np.argpartition(-s, kk - 1, axis=1)[:, :kk]
+        ps = np.take_along_axis(s, part, axis=1)
+        o = np.argsort(-ps, axis=1)
+        d[a : a + chunk] = np.take_along_axis(ps, o, axis=1)
+        i[a : a + chunk] = np.take_along_axis(part, o, axis=1)
+    return d, i
+
+
+class _TorchBlockSearch:
+    """CUDA path: matmul + ``torch.topk`` per (query chunk, block) on the GPU."""
+
+    def __init__(self, q: np.ndarray) -> None:
+        try:
+            import torch
+        except ImportError as exc:  # pragma: no cover - torch is a dependency
+            raise UnavailableError("device='cuda' needs torch; install bobx[gpu].") from exc
+        if not torch.cuda.is_available():
+            raise UnavailableError(
+                "device='cuda' was requested but no CUDA GPU is visible; use device='cpu'."
+            )
+        self.torch = torch
+        self.q = q
+        self.q_gpu = torch.from_numpy(q).to("cuda")
+
+    def block_topk(self, block: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if block.shape[0] <= k:
+            return _all_rows(self.q, block, k)
+        torch = self.torch
+        b_gpu = torch.from_numpy(block).to("cuda")
+        nq = self.q.shape[0]
+        chunk = max(1, _MAX_TILE // block.shape[0])
+        d = np.empty((nq, k + 1), np.float32)
+        i = np.empty((nq, k + 1), np.int64)
+        precision = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision("highest")  # no TF32: scores stay float32-exact
+        try:
+            with torch.no_grad():
+                for a in range(0, nq, chunk):
+                    s = self.q_gpu[a : a + chunk] @ b_gpu.T
+                    val, idx = torch.topk(s, k + 1, dim=1, largest=True, sorted=True)
+                    d[a : a + chunk] = val.cpu().numpy()
+                    i[a : a + chunk] = idx.cpu().numpy()
+        finally:
+            torch.set_float32_matmul_precision(precision)
+        del b_gpu
+        return _finish_block(self.q, block, d, i, k)
