@@ -322,6 +322,170 @@ def correlate_cmd(
     typer.echo(out["metadata"].to_string(index=False, float_format="%.3f"))
 
 
+# --------------------------------------------------------------------------- catalog, extraction
+class Precision(StrEnum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class BadImage(StrEnum):
+    error = "error"
+    skip = "skip"
+
+
+class QueryCrop(StrEnum):
+    bbx = "bbx"
+    none = "none"
+
+
+class FeatureDtype(StrEnum):
+    float16 = "float16"
+    float32 = "float32"
+
+
+def _batch_size(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise typer.BadParameter(f"expected a positive integer or auto, got {text!r}",
+                                 param_hint="--batch-size")
+    return value
+
+
+@app.command("extract")
+def extract_cmd(
+    backbone: Annotated[
+        list[str], typer.Option(help="Catalog name or alias (repeatable); see `bobx backbones`.")
+    ],
+    dataset: Annotated[str, typer.Option(help="Dataset; see `bobx datasets`.")] = "digits",
+    split: Annotated[list[str] | None, typer.Option(help="Split (repeatable; default all).")] = None,
+    data_root: Annotated[Path | None, typer.Option(help="Directory of the dataset.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:i].")] = "auto",
+    batch_size: Annotated[str, typer.Option(help="Images per forward, or auto.")] = "64",
+    num_workers: Annotated[
+        int | None, typer.Option(help="Decode workers (default: by device; 0 = in process).")
+    ] = None,
+    precision: Annotated[Precision, typer.Option(help="Autocast precision.")] = Precision.fp32,
+    weights: Annotated[
+        str, typer.Option(help="pretrained, random, or a .safetensors/.pt checkpoint PATH.")
+    ] = "pretrained",
+    seed: Annotated[int | None, typer.Option(help="Seed of --weights random.")] = None,
+    layer: Annotated[
+        str | None, typer.Option(help="Feature point: pooled, cls, patch_mean or block:<i>.")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="Only the first N images per split.")] = None,
+    shard_index: Annotated[int, typer.Option(help="This shard (0-based).")] = 0,
+    num_shards: Annotated[int, typer.Option(help="Shards that split the chunks.")] = 1,
+    overwrite: Annotated[bool, typer.Option(help="Replace a set with another cache key.")] = False,
+    on_bad_image: Annotated[
+        BadImage, typer.Option(help="error (stop, naming the file) or skip (mask the row).")
+    ] = BadImage.error,
+    query_crop: Annotated[
+        QueryCrop, typer.Option(help="Crop retrieval queries to their box (bbx) or not.")
+    ] = QueryCrop.bbx,
+    dtype: Annotated[FeatureDtype, typer.Option(help="Stored dtype.")] = FeatureDtype.float16,
+    chunk_rows: Annotated[int | None, typer.Option(help="Rows per chunk of a new set.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Extract backbone features of a dataset into the store (resumable, shardable)."""
+    from featcache.extract import extract
+
+    st, results = _store(store), []
+    for name in backbone:
+        results += extract(
+            st, name, dataset, splits=split, data_root=data_root, device=device,
+            batch_size=_batch_size(batch_size), num_workers=num_workers,
+            precision=precision.value, weights=weights, seed=seed, layer=layer, limit=limit,
+            shard_index=shard_index, num_shards=num_shards, overwrite=overwrite,
+            on_bad_image=on_bad_image.value, query_crop=query_crop.value, dtype=dtype.value,
+            chunk_rows=chunk_rows, progress=progress and not as_json,
+        )
+    if as_json:
+        _echo_json([r.to_dict() for r in results])
+        return
+    for r in results:
+        rate = f", {r.images_per_s:,.1f} img/s" if r.images_per_s else ""
+        bad = f", {r.n_invalid} invalid" if r.n_invalid else ""
+        typer.echo(f"{r.backbone}/{r.dataset}/{r.split}: {r.status} ({r.n} x {r.dim}; "
+                   f"{r.chunks_written}/{r.chunks_total} chunks written{rate}{bad})")
+
+
+@app.command("backbones")
+def backbones_cmd(
+    available: Annotated[bool, typer.Option(help="Only backbones that can run here.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """List the backbone catalog (manifests/backbones and $BOBX_MANIFESTS)."""
+    from featcache.backbones import list_backbone_specs
+
+    specs = list_backbone_specs(include_unavailable=not available)
+    if as_json:
+        _echo_json([s.to_dict() for s in specs])
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("name", "library", "family", "style", "pretrain data", "params M", "res",
+                  "dim", "ok")
+    for s in specs:
+        table.add_row(
+            s.name, f"{s.source}:{s.library_name}", s.family, s.style, s.pretrain_data or "-",
+            "-" if s.params_m is None else f"{s.params_m:g}", str(s.resolution or "-"),
+            str(s.feature_dim or "-"), "yes" if s.available else "no",
+        )
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    console.print(table)
+    for s in specs:
+        if not s.available:
+            console.print(f"{s.name}: unavailable: {s.unavailable_reason}")
+
+
+@app.command("datasets")
+def datasets_cmd(as_json: JsonOpt = False) -> None:
+    """List the dataset catalog (manifests/datasets and $BOBX_MANIFESTS)."""
+    from featcache.datasets import list_dataset_specs
+
+    specs = list_dataset_specs()
+    if as_json:
+        _echo_json([s.to_dict() for s in specs])
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("name", "format", "splits", "classes", "task", "data root", "description")
+    for s in specs:
+        table.add_row(
+            s.name, s.format, ", ".join(s.splits), str(s.num_classes or "-"), s.task,
+            f"${s.root_env}" if s.root_env else "built in", s.description,
+        )
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
+
+
+@app.command("validate")
+def validate_cmd(as_json: JsonOpt = False) -> None:
+    """Check every backbone and dataset manifest (fields, names, library registries)."""
+    from featcache.backbones import validate_manifests
+
+    report = validate_manifests()
+    if as_json:
+        _echo_json(report)
+    else:
+        for kind, part in report.items():
+            for problem in part["problems"]:
+                typer.echo(f"error: {problem}", err=True)
+            state = "ok" if not part["problems"] else f"{len(part['problems'])} problem(s)"
+            typer.echo(f"{kind}: {part['count']} valid, {state}")
+    if any(part["problems"] for part in report.values()):
+        raise typer.Exit(code=2)
+
+
 # --------------------------------------------------------------------------- entry point
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry: user errors become one line and exit status 2."""
