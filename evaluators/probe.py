@@ -1,0 +1,734 @@
+"""Logistic-regression linear probe on frozen features (DINOv2 ``log_regression``).
+
+Protocol (``guide/protocols.md``), which is the default here:
+
+* L2-regularised multinomial logistic regression fitted by L-BFGS, max_iter 1000,
+  tol 1e-12, float64, with scikit-learn's objective
+  ``sum_i CE(x_i W^T + b, y_i) + 1 / (2 C) * ||W||_F^2`` (bias not penalised);
+  two classes use sklearn's binary parameterisation (one weight vector, sigmoid).
+* C swept over the 45 values ``10 ** linspace(-6, 5, 45)``; C is chosen by top-1
+  on the official validation split when given, otherwise on a seeded, stratified
+  10 % holdout of train. Equal validation scores pick the smallest C (the first
+  maximum, as DINOv2's metric tracker does).
+* The final model is refitted with the chosen C on train + validation.
+
+Documented choices and deviations:
+
+* DINOv2 draws its 10 % holdout with ``torch.randperm``; bobx stratifies it by
+  class (each class keeps at least one training item), as the BoB brief asks.
+* Low-shot (``fraction`` / ``shots``) subsets are drawn from the train part
+  *after* the holdout is removed, and the final model is refitted on the subset
+  only: validation items used to choose C never enter training.
+* Backends minimise the same objective. ``"sklearn"`` (the reference) fits
+  ``LogisticRegression(solver="lbfgs")`` from scratch for every C. ``"torch"``
+  evaluates loss and gradient with torch (CPU or CUDA; float64 by default,
+  float32 optional) and drives scipy's L-BFGS-B with sklearn's settings (memory
+  10, 50 line-search steps, ``gtol=tol``, ``ftol=64 * eps``), warm-starting each
+  C from the previous solution along the ascending C path. Warm starts change
+  where the optimiser starts, not the optimum; with float32 the ``ftol`` rule
+  uses float32's epsilon. ``"cuml"`` uses cuML's L-BFGS (GPU) when importable.
+* Features are not standardised (the protocol's objective is on raw features).
+* ``sweep_patience`` (off by default) stops the sweep after that many C values
+  in a row without a better validation score; a deviation, recorded in the result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from evaluators._search import as_labels
+from featcache.errors import BobxError, ShapeError, UnavailableError, UnknownNameError
+
+__all__ = [
+    "BACKENDS",
+    "DEFAULT_C_GRID",
+    "HIGHER_IS_BETTER",
+    "linear_probe",
+    "sample_fraction",
+    "sample_shots",
+    "stratified_holdout",
+]
+
+#: The DINOv2 sweep: 45 values of C, ``10 ** linspace(-6, 5, 45)``.
+DEFAULT_C_GRID: np.ndarray = 10.0 ** np.linspace(-6, 5, 45)
+BACKENDS = ("auto", "sklearn", "torch", "cuml")
+_DTYPES = ("float64", "float32")
+# Multiply-adds per logit evaluation (n * d * outputs) below which the torch backend
+# runs single-threaded on the CPU (see _TorchBackend._threads).
+_SMALL_WORK = 1 << 23
+
+#: Direction of every metric :func:`linear_probe` returns.
+HIGHER_IS_BETTER: dict[str, bool] = {
+    "top1": True,
+    "top5": True,
+    "mean_per_class_recall": True,
+    "macro_auc": True,
+    "val_top1": True,
+    "val_macro_auc": True,
+}
+
+
+class ProbeError(BobxError):
+    """Probe options that do not fit together or data a probe cannot be fitted on."""
+
+
+# ------------------------------------------------------------------ sampling helpers
+
+
+def _class_rng(seed: int, cls: int, stream: int) -> np.random.Generator:
+    # One independent stream per (seed, class, purpose): a class's draw does not
+    # depend on the other classes, so subsets are nested across fractions / shots.
+    return np.random.default_rng([int(seed), int(cls), stream])
+
+
+def sample_fraction(y: np.ndarray, fraction: float, seed: int = 0) -> np.ndarray:
+    """Stratified subset keeping the label distribution.
+
+    Each class ``c`` with ``n_c`` items contributes ``max(1, round(fraction * n_c))``
+    items (round half up), drawn with a generator seeded by ``(seed, c)``, so the
+    subset is deterministic per seed and nested: with the same seed the 1 % subset
+    is contained in the 10 % subset.
+
+    Shapes: ``y`` (n,) int -> sorted int64 indices into ``y``.
+    """
+    y = as_labels(y, "y")
+    if not (isinstance(fraction, float | int) and 0 < fraction <= 1):
+        raise ProbeError(f"fraction must be in (0, 1], got {fraction!r} (e.g. 0.01 for 1 %).")
+    picks = []
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        n_take = max(1, math.floor(fraction * idx.size + 0.5))
+        picks.append(_class_rng(seed, c, 1).permutation(idx)[:n_take])
+    return np.sort(np.concatenate(picks)) if picks else np.empty(0, np.int64)
+
+
+def sample_shots(y: np.ndarray, shots: int, seed: int = 0) -> np.ndarray:
+    """``shots`` items per class (all of a class's items if it has fewer).
+
+    Deterministic per seed and nested across ``shots`` (same per-class streams as
+    :func:`sample_fraction`). Shapes: ``y`` (n,) int -> sorted int64 indices.
+    """
+    y = as_labels(y, "y")
+    if not (isinstance(shots, int | np.integer) and shots >= 1):
+        raise ProbeError(f"shots must be a positive integer (items per class), got {shots!r}.")
+    picks = [
+        _class_rng(seed, c, 1).permutation(np.flatnonzero(y == c))[: int(shots)]
+        for c in np.unique(y)
+    ]
+    return np.sort(np.concatenate(picks)) if picks else np.empty(0, np.int64)
+
+
+def stratified_holdout(
+    y: np.ndarray, holdout: float = 0.1, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split indices into (train, holdout), stratified by class, seeded.
+
+    Class ``c`` sends ``round(holdout * n_c)`` items (round half up) to the holdout
+    but always keeps at least one in train. Multi-label ``y`` (n, L) gets a plain
+    seeded random split of ``round(holdout * n)`` rows.
+
+    Returns sorted int64 ``(train_idx, holdout_idx)``.
+    """
+    if not 0 < holdout < 1:
+        raise ProbeError(f"holdout must be in (0, 1), got {holdout!r}; the protocol uses 0.1.")
+    y = np.asarray(y)
+    if y.ndim == 2:
+        n = y.shape[0]
+        perm = np.random.default_rng([int(seed), 0, 2]).permutation(n)
+        n_val = math.floor(holdout * n + 0.5)
+        return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+    y = as_labels(y, "y")
+    train, val = [], []
+    for c in np.unique(y):
+        perm = _class_rng(seed, c, 2).permutation(np.flatnonzero(y == c))
+        n_val = min(math.floor(holdout * perm.size + 0.5), perm.size - 1)
+        val.append(perm[:n_val])
+        train.append(perm[n_val:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+# ------------------------------------------------------------------ problem encoding
+
+
+@dataclass(frozen=True)
+class _Task:
+    """How labels map to model outputs.
+
+    ``mode="softmax"``: K >= 3 fitted classes, ``targets`` compact class ids.
+    ``mode="sigmoid"``: independent logistic outputs (binary: one output for the
+    second fitted class; multi-label: one per label), ``targets`` (n, M) 0/1 floats.
+    """
+
+    mode: str
+    n_out: int
+    classes: np.ndarray  # original class id of each fitted class (single-label)
+    multilabel: bool
+
+
+def _encode(y: np.ndarray, multilabel: bool) -> tuple[_Task, np.ndarray]:
+    if multilabel:
+        return _Task("sigmoid", y.shape[1], np.arange(y.shape[1]), True), y.astype(np.float64)
+    classes = np.unique(y)
+    if classes.size < 2:
+        raise ProbeError(
+            f"the training set holds a single class ({classes.tolist()}); a probe needs "
+            "at least two. Check the labels or use a larger fraction / more shots."
+        )
+    compact = np.searchsorted(classes, y)
+    if classes.size == 2:
+        return _Task("sigmoid", 1, classes, False), (compact == 1).astype(np.float64)[:, None]
+    return _Task("softmax", classes.size, classes, False), compact
+
+
+def _expand(task: _Task, w: np.ndarray, b: np.ndarray, n_classes: int, dim: int):
+    """Model parameters -> (n_classes, D) weights and (n_classes,) bias, float64.
+
+    Binary: row of the first fitted class is 0 (softmax of [0, z] equals the sigmoid
+    of z). Classes absent from the fitted data get bias -inf (never predicted).
+    """
+    if task.multilabel:
+        return w, b
+    weights = np.zeros((n_classes, dim))
+    bias = np.full(n_classes, -np.inf)
+    if task.mode == "sigmoid":
+        weights[task.classes[1]] = w[0]
+        bias[task.classes[0]], bias[task.classes[1]] = 0.0, b[0]
+    else:
+        weights[task.classes] = w
+        bias[task.classes] = b
+    return weights, bias
+
+
+# ------------------------------------------------------------------ metrics
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - np.max(z, axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    out = np.empty_like(z)
+    pos = z >= 0
+    out[pos] = 1.0 / (1.0 + np.exp(-z[pos]))
+    e = np.exp(z[~pos])
+    out[~pos] = e / (1.0 + e)
+    return out
+
+
+def _topk_hits(logits: np.ndarray, y: np.ndarray, k: int) -> np.ndarray:
+    k = min(k, logits.shape[1])
+    order = np.argsort(-logits, axis=1, kind="stable")[:, :k]  # ties -> smaller class id
+    return (order == y[:, None]).any(axis=1)
+
+
+def _single_label_metrics(logits: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    if y.size == 0:
+        return {"top1": math.nan, "top5": math.nan, "mean_per_class_recall": math.nan}
+    pred = np.argmax(logits, axis=1)
+    recalls = [float(np.mean(pred[y == c] == c)) for c in np.unique(y)]
+    return {
+        "top1": float(np.mean(pred == y)),
+        "top5": float(np.mean(_topk_hits(logits, y, 5))),
+        "mean_per_class_recall": float(np.mean(recalls)),
+    }
+
+
+def _macro_auc(scores: np.ndarray, y: np.ndarray) -> float:
+    """Mean ROC AUC over labels that have both positives and negatives in ``y``."""
+    from sklearn.metrics import roc_auc_score
+
+    aucs = [
+        roc_auc_score(y[:, j], scores[:, j])
+        for j in range(y.shape[1])
+        if 0 < y[:, j].sum() < y.shape[0]
+    ]
+    return float(np.mean(aucs)) if aucs else math.nan
+
+
+# ------------------------------------------------------------------ backends
+
+
+class _Fit:
+    """One fitted model: weights (n_out, D), bias (n_out,), iterations, converged."""
+
+    def __init__(self, w: np.ndarray, b: np.ndarray, n_iter: int, converged: bool) -> None:
+        self.w, self.b, self.n_iter, self.converged = w, b, n_iter, converged
+
+
+class _SklearnBackend:
+    """Reference: scikit-learn LogisticRegression(lbfgs), fresh fit per C, float64."""
+
+    name = "sklearn"
+    warm = False
+
+    def __init__(self, *, max_iter: int, tol: float, device: str, dtype: str) -> None:
+        if device != "cpu":
+            raise ProbeError("backend='sklearn' runs on the CPU; use backend='torch' for cuda.")
+        self.max_iter, self.tol = max_iter, tol
+
+    def _estimator(self, C: float) -> Any:
+        from sklearn.linear_model import LogisticRegression
+
+        return LogisticRegression(C=C, solver="lbfgs", max_iter=self.max_iter, tol=self.tol)
+
+    def fit(self, x: np.ndarray, task: _Task, t: np.ndarray, C: float, init: Any = None) -> _Fit:
+        from sklearn.exceptions import ConvergenceWarning
+
+        x = np.asarray(x, dtype=np.float64)
+        cols = range(task.n_out) if task.mode == "sigmoid" else [None]
+        ws, bs, iters = [], [], []
+        for j in cols:
+            target = t if j is None else t[:, j]
+            if j is not None and target.min() == target.max():  # constant label column
+                ws.append(np.zeros((1, x.shape[1])))
+                bs.append(np.array([np.inf if target[0] > 0 else -np.inf]))
+                iters.append(0)
+                continue
+            est = self._estimator(C)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                est.fit(x, target)
+            ws.append(np.asarray(est.coef_, dtype=np.float64).reshape(-1, x.shape[1]))
+            bs.append(np.asarray(est.intercept_, dtype=np.float64).reshape(-1))
+            iters.append(int(np.max(est.n_iter_)))
+        n_iter = max(iters)
+        return _Fit(np.concatenate(ws), np.concatenate(bs), n_iter, n_iter < self.max_iter)
+
+
+class _CumlBackend(_SklearnBackend):
+    """cuML LogisticRegression (GPU L-BFGS), DINOv2's own choice; C passed as is."""
+
+    name = "cuml"
+
+    def __init__(self, *, max_iter: int, tol: float, device: str, dtype: str) -> None:
+        try:
+            import cuml.linear_model  # noqa: F401
+        except ImportError as exc:
+            raise UnavailableError(
+                "backend='cuml' needs RAPIDS cuML (pip install bobx[gpu] on a CUDA machine); "
+                "use backend='torch' instead."
+            ) from exc
+        self.max_iter, self.tol = max_iter, tol
+
+    def _estimator(self, C: float) -> Any:
+        from cuml.linear_model import LogisticRegression
+
+        return LogisticRegression(
+            C=C,
+            max_iter=self.max_iter,
+            tol=self.tol,
+            linesearch_max_iter=50,
+            output_type="numpy",
+        )
+
+    def fit(self, x: np.ndarray, task: _Task, t: np.ndarray, C: float, init: Any = None) -> _Fit:
+        fit = super().fit(x, task, t, C)
+        if fit.w.shape[1] != x.shape[1] and fit.w.shape[0] == x.shape[1]:  # (D, K) layout
+            fit.w = fit.w.T
+        return fit
+
+
+class _TorchBackend:
+    """Loss/gradient in torch (CPU or CUDA), scipy L-BFGS-B with sklearn's settings."""
+
+    name = "torch"
+    warm = True
+
+    def __init__(self, *, max_iter: int, tol: float, device: str, dtype: str) -> None:
+        try:
+            import torch
+        except ImportError as exc:  # pragma: no cover - torch is a dependency
+            raise UnavailableError("backend='torch' needs torch; use backend='sklearn'.") from exc
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise UnavailableError("device='cuda' was requested but no CUDA GPU is visible.")
+        self.torch = torch
+        self.device = torch.device(device)
+        self.dtype = torch.float64 if dtype == "float64" else torch.float32
+        self.np_eps = float(np.finfo(np.float64 if dtype == "float64" else np.float32).eps)
+        self.max_iter, self.tol = max_iter, tol
+        self._x_src: np.ndarray | None = None  # kept alive so `is` identifies it
+        self._x: Any = None
+
+    def _tensor(self, x: np.ndarray) -> Any:
+        if x is not self._x_src:  # the sweep refits on the same array: convert once
+            self._x = self.torch.as_tensor(
+                np.ascontiguousarray(x), dtype=self.dtype, device=self.device
+            )
+            self._x_src = x
+        return self._x
+
+    def fit(self, x: np.ndarray, task: _Task, t: np.ndarray, C: float, init: Any = None) -> _Fit:
+        from scipy.optimize import minimize
+
+        torch = self.torch
+        X = self._tensor(x)
+        n, dim = X.shape
+        m = task.n_out
+        if task.mode == "softmax":
+            target = torch.as_tensor(t, dtype=torch.long, device=self.device)
+        else:
+            target = torch.as_tensor(t, dtype=self.dtype, device=self.device)
+        rows = torch.arange(n, device=self.device)
+        # rows per chunk: bounds the (chunk, m) logit matrix (the only O(n * m) buffer)
+        chunk = max(1, (1 << (27 if self.device.type == "cuda" else 24)) // max(m, 1))
+        reg = 1.0 / (C * n)
+
+        def loss_grad(theta_np: np.ndarray) -> tuple[float, np.ndarray]:
+            theta = torch.as_tensor(theta_np, device=self.device).to(self.dtype).view(m, dim + 1)
+            W, b = theta[:, :dim], theta[:, dim]
+            loss = torch.zeros((), dtype=torch.float64, device=self.device)
+            gW = torch.zeros_like(W)
+            gb = torch.zeros_like(b)
+            for a in range(0, n, chunk):
+                Xc = X[a : a + chunk]
+                Z = torch.addmm(b, Xc, W.T)
+                if task.mode == "softmax":
+                    yc = target[a : a + chunk]
+                    lse = torch.logsumexp(Z, dim=1)
+                    loss += (lse - Z.gather(1, yc[:, None]).squeeze(1)).sum(dtype=torch.float64)
+                    G = torch.exp(Z.sub_(lse[:, None]))
+                    G[rows[: G.shape[0]], yc] -= 1.0
+                else:
+                    Yc = target[a : a + chunk]
+                    # log(1 + e^z) - y z, computed stably
+                    sp = Z.clamp(min=0) + torch.log1p(torch.exp(-Z.abs()))
+                    loss += (sp - Yc * Z).sum(dtype=torch.float64)
+                    G = torch.sigmoid(Z).sub_(Yc)
+                gW.addmm_(G.T, Xc)
+                gb += G.sum(dim=0)
+            loss = loss / n + 0.5 * reg * (W.double() ** 2).sum()
+            grad = torch.cat([gW / n + reg * W, (gb / n)[:, None]], dim=1)
+            return float(loss), grad.double().cpu().numpy().ravel()
+
+        x0 = np.zeros(m * (dim + 1)) if init is None else np.asarray(init, np.float64).ravel()
+        with self._threads(n * dim * m):
+            res = minimize(
+                loss_grad,
+                x0,
+                jac=True,
+                method="L-BFGS-B",
+                options={
+                    "maxiter": self.max_iter,
+                    "maxls": 50,
+                    "gtol": self.tol,
+                    "ftol": 64 * self.np_eps,
+                },
+            )
+        theta = res.x.reshape(m, dim + 1)
+        n_iter = int(res.nit)
+        return _Fit(theta[:, :dim].copy(), theta[:, dim].copy(), n_iter, n_iter < self.max_iter)
+
+    @contextlib.contextmanager
+    def _threads(self, work: int) -> Iterator[None]:
+        """One CPU thread for small problems.
+
+        An evaluation of a small problem takes well under a millisecond; waking a
+        thread pool for it costs more than it saves, and on a busy machine far more
+        (10x measured). Large problems keep every thread.
+        """
+        if self.device.type != "cpu" or work >= _SMALL_WORK:
+            yield
+            return
+        from threadpoolctl import threadpool_limits
+
+        before = self.torch.get_num_threads()
+        self.torch.set_num_threads(1)
+        try:
+            with threadpool_limits(1):
+                yield
+        finally:
+            self.torch.set_num_threads(before)
+
+    @staticmethod
+    def init_from(fit: _Fit) -> np.ndarray:
+        return np.concatenate([fit.w, fit.b[:, None]], axis=1)
+
+
+_BACKEND_CLASSES: dict[str, type] = {
+    "sklearn": _SklearnBackend,
+    "torch": _TorchBackend,
+    "cuml": _CumlBackend,
+}
+
+
+def _make_backend(backend: str, **kw: Any) -> Any:
+    if backend not in BACKENDS:
+        raise UnknownNameError("backend", backend, BACKENDS)
+    if kw["dtype"] not in _DTYPES:
+        raise UnknownNameError("dtype", kw["dtype"], _DTYPES)
+    if backend == "auto":
+        try:
+            return _TorchBackend(**kw)
+        except UnavailableError:
+            if kw["device"] != "cpu":
+                raise
+            return _SklearnBackend(**kw)
+    return _BACKEND_CLASSES[backend](**kw)
+
+
+# ------------------------------------------------------------------ the probe
+
+
+def linear_probe(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    test_x: np.ndarray,
+    test_y: np.ndarray,
+    *,
+    val_x: np.ndarray | None = None,
+    val_y: np.ndarray | None = None,
+    c_grid: Sequence[float] | np.ndarray | None = None,
+    holdout: float = 0.1,
+    seed: int = 0,
+    fraction: float | None = None,
+    shots: int | None = None,
+    backend: str = "auto",
+    device: str = "cpu",
+    dtype: str = "float64",
+    max_iter: int = 1000,
+    tol: float = 1e-12,
+    num_classes: int | None = None,
+    sweep_patience: int | None = None,
+) -> dict[str, Any]:
+    """Fit and evaluate a logistic-regression probe with the DINOv2 protocol.
+
+    Parameters
+    ----------
+    train_x : array of shape (n_train, d)
+    train_y : int array of shape (n_train,), or 0/1 array of shape (n_train, L)
+        Class indices; a 2-D 0/1 matrix means multi-label (one-vs-rest, macro AUC).
+    test_x : array of shape (n_test, d)
+    test_y : array of shape (n_test,) or (n_test, L)
+    val_x, val_y : official validation split, optional, keyword-only
+        If given, C is chosen on it and the final model is refitted on train + val.
+        Otherwise a seeded stratified ``holdout`` fraction of train is used.
+    c_grid : sequence of float, keyword-only
+        Values of C to sweep (sorted ascending, duplicates dropped). Default: the
+        protocol's 45 values :data:`DEFAULT_C_GRID`.
+    holdout : float, keyword-only
+        Holdout fraction when no validation split is given (protocol: 0.1).
+    seed : int, keyword-only
+        Seeds the holdout and the low-shot sampling.
+    fraction : float in (0, 1], optional, keyword-only
+        Low-shot: train on a stratified fraction of the (post-holdout) train part,
+        see :func:`sample_fraction`. Exclusive with ``shots``.
+    shots : int, optional, keyword-only
+        Few-shot: ``shots`` items per class, see :func:`sample_shots`.
+    backend : {"auto", "sklearn", "torch", "cuml"}, keyword-only
+        ``"auto"`` = ``"torch"`` (falls back to sklearn if torch is missing).
+    device : str, keyword-only
+        ``"cpu"`` or ``"cuda"`` (torch and cuML backends).
+    dtype : {"float64", "float32"}, keyword-only
+        Precision of the torch backend (protocol: float64). Ignored by sklearn.
+    max_iter, tol : keyword-only
+        L-BFGS iteration cap and gradient tolerance (protocol: 1000, 1e-12).
+    num_classes : int, optional, keyword-only
+        Defaults to 1 + the largest label seen (single-label).
+    sweep_patience : int, optional, keyword-only
+        Stop the sweep after this many C values without a better validation
+        score (deviation from the protocol; default None = full sweep).
+
+    Returns
+    -------
+    dict
+        Metrics (fractions in [0, 1]; directions in :data:`HIGHER_IS_BETTER`):
+        single-label ``"top1"``, ``"top5"``, ``"mean_per_class_recall"`` on test and
+        ``"val_top1"`` at the chosen C; multi-label ``"macro_auc"`` and
+        ``"val_macro_auc"``.
+        Model: ``"C"`` (float), ``"sweep"`` (list of ``(C, val_score)`` tuples, the
+        val score being top-1, or macro AUC for multi-label), ``"weights"``
+        (n_classes, d) and ``"bias"`` (n_classes,) float64 ndarrays,
+        ``"test_logits"`` and ``"test_probs"`` (n_test, n_classes) ndarrays
+        (softmax, or per-label sigmoid for multi-label).
+        Provenance: ``"selection"`` ("val" | "holdout"), ``"refit_on"``
+        ("train+val" | "train subset"), ``"train_indices"`` (rows of train_x
+        in the final fit), ``"val_indices"`` (holdout rows of train_x, or None),
+        ``"n_fit"``, ``"n_val"``, ``"num_classes"``, ``"multilabel"``, ``"backend"``,
+        ``"device"``, ``"dtype"``, ``"max_iter"``, ``"tol"``, ``"seed"``,
+        ``"holdout"``, ``"fraction"``, ``"shots"``, ``"sweep_patience"``,
+        ``"n_iter"`` and ``"converged"`` (final fit).
+    """
+    train_x, train_y, test_x, test_y, multilabel = _check_xy(train_x, train_y, test_x, test_y)
+    if (val_x is None) != (val_y is None):
+        raise ProbeError("pass both val_x and val_y, or neither (then a holdout of train is used).")
+    if val_x is not None:
+        val_x, val_y, _, _, ml_val = _check_xy(val_x, val_y, test_x, test_y, what="val")
+        if ml_val != multilabel:
+            raise ShapeError("val_y and train_y must both be 1-D labels or both 2-D 0/1 matrices.")
+    if fraction is not None and shots is not None:
+        raise ProbeError("pass fraction or shots, not both.")
+    if multilabel and (fraction is not None or shots is not None):
+        raise ProbeError("low-shot sampling is defined for single-label data only.")
+    if sweep_patience is not None and sweep_patience < 1:
+        raise ProbeError(f"sweep_patience must be a positive integer or None, got {sweep_patience}")
+    grid = _grid(c_grid)
+    n_classes = _n_classes(num_classes, multilabel, train_y, test_y, val_y)
+    model = _make_backend(backend, max_iter=max_iter, tol=tol, device=device, dtype=dtype)
+
+    # 1. the selection split
+    if val_x is None:
+        pool, val_idx = stratified_holdout(train_y, holdout, seed)
+        if val_idx.size == 0:
+            raise ProbeError(
+                "the holdout is empty (too few training items per class); pass val_x/val_y "
+                "or a larger holdout."
+            )
+        sel_x, sel_y = train_x[val_idx], train_y[val_idx]
+    else:
+        pool, val_idx = np.arange(train_y.shape[0]), None
+        sel_x, sel_y = val_x, val_y
+
+    # 2. low-shot subset, drawn from the train part only
+    if fraction is not None:
+        fit_idx = pool[sample_fraction(train_y[pool], fraction, seed)]
+    elif shots is not None:
+        fit_idx = pool[sample_shots(train_y[pool], shots, seed)]
+    else:
+        fit_idx = pool
+    low_shot = fraction is not None or shots is not None
+
+    # 3. the C sweep (ascending; warm-started for backends that support it)
+    fit_x = train_x[fit_idx]
+    task, target = _encode(train_y[fit_idx], multilabel)
+    sweep: list[tuple[float, float]] = []
+    best: tuple[float, float, _Fit] | None = None
+    since_best = 0
+    prev: _Fit | None = None
+    for C in grid:
+        init = _TorchBackend.init_from(prev) if (model.warm and prev is not None) else None
+        fit = model.fit(fit_x, task, target, C, init)
+        prev = fit
+        w, b = _expand(task, fit.w, fit.b, n_classes, train_x.shape[1])
+        score = _val_score(sel_x @ w.T + b, sel_y, multilabel)
+        sweep.append((float(C), score))
+        if best is None or score > best[1]:  # strict: ties keep the smaller C
+            best, since_best = (float(C), score, fit), 0
+        else:
+            since_best += 1
+            if sweep_patience is not None and since_best >= sweep_patience:
+                break
+    assert best is not None
+    best_C, best_val, best_fit = best
+
+    # 4. refit with the chosen C (train + val; low-shot: the subset only)
+    if low_shot:
+        final, final_idx, refit_on = best_fit, fit_idx, "train subset"
+        n_fit = int(fit_idx.size)
+    else:
+        if val_idx is not None:
+            final_idx = np.sort(np.concatenate([fit_idx, val_idx]))
+            all_x, all_y = train_x[final_idx], train_y[final_idx]
+        else:
+            final_idx = fit_idx
+            all_x = np.concatenate([fit_x, np.asarray(val_x, dtype=fit_x.dtype)])
+            all_y = np.concatenate([train_y[fit_idx], val_y])
+        task, target = _encode(all_y, multilabel)
+        init = _TorchBackend.init_from(best_fit) if model.warm else None
+        if model.warm and task.n_out != best_fit.w.shape[0]:
+            init = None  # the validation data added a class
+        final = model.fit(all_x, task, target, best_C, init)
+        refit_on, n_fit = "train+val", int(all_x.shape[0])
+    weights, bias = _expand(task, final.w, final.b, n_classes, train_x.shape[1])
+
+    logits = np.asarray(test_x, dtype=np.float64) @ weights.T + bias
+    out: dict[str, Any] = {}
+    if multilabel:
+        probs = _sigmoid(logits)
+        out["macro_auc"] = _macro_auc(logits, test_y)
+        out["val_macro_auc"] = best_val
+    else:
+        probs = _softmax(logits)
+        out.update(_single_label_metrics(logits, test_y))
+        out["val_top1"] = best_val
+    out.update(
+        C=best_C,
+        sweep=sweep,
+        weights=weights,
+        bias=bias,
+        test_logits=logits,
+        test_probs=probs,
+        selection="holdout" if val_x is None else "val",
+        refit_on=refit_on,
+        train_indices=final_idx,
+        val_indices=val_idx,
+        n_fit=n_fit,
+        n_val=int(sel_y.shape[0]),
+        num_classes=n_classes,
+        multilabel=multilabel,
+        backend=model.name,
+        device=device,
+        dtype=dtype if model.name == "torch" else "float64",
+        max_iter=max_iter,
+        tol=tol,
+        seed=seed,
+        holdout=holdout if val_x is None else None,
+        fraction=fraction,
+        shots=shots,
+        sweep_patience=sweep_patience,
+        n_iter=final.n_iter,
+        converged=final.converged,
+    )
+    return out
+
+
+def _val_score(logits: np.ndarray, y: np.ndarray, multilabel: bool) -> float:
+    if multilabel:
+        return _macro_auc(logits, y)
+    return float(np.mean(np.argmax(logits, axis=1) == y)) if y.size else math.nan
+
+
+def _grid(c_grid: Any) -> np.ndarray:
+    grid = DEFAULT_C_GRID if c_grid is None else np.asarray(c_grid, dtype=np.float64).ravel()
+    if grid.size == 0 or not np.all(np.isfinite(grid)) or np.any(grid <= 0):
+        raise ProbeError(f"c_grid must hold positive finite values of C, got {c_grid!r}.")
+    return np.unique(grid)
+
+
+def _check_xy(x: Any, y: Any, tx: Any, ty: Any, what: str = "train"):
+    x, tx = np.asarray(x), np.asarray(tx)
+    y, ty = np.asarray(y), np.asarray(ty)
+    for name, arr in ((f"{what}_x", x), ("test_x", tx)):
+        if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.number):
+            raise ShapeError(
+                f"{name} must be a 2-D float array (n, d), got {arr.shape} {arr.dtype}."
+            )
+        if not np.isfinite(arr).all():
+            raise ShapeError(f"{name} holds NaN or infinite values; drop or re-extract those rows.")
+    if x.shape[1] != tx.shape[1]:
+        raise ShapeError(f"{what}_x has dimension {x.shape[1]} but test_x has {tx.shape[1]}.")
+    for name, xa, ya in ((what, x, y), ("test", tx, ty)):
+        if ya.shape[:1] != xa.shape[:1]:
+            raise ShapeError(f"{name}_y has {ya.shape[:1]} rows but {name}_x has {xa.shape[0]}.")
+    multilabel = y.ndim == 2
+    if ty.ndim != y.ndim:
+        raise ShapeError(f"{what}_y and test_y must both be 1-D labels or both 2-D 0/1 matrices.")
+    if multilabel:
+        for name, ya in ((f"{what}_y", y), ("test_y", ty)):
+            if not np.isin(ya, (0, 1)).all():
+                raise ShapeError(f"{name} is 2-D, so it must be a 0/1 multi-label matrix.")
+        if y.shape[1] != ty.shape[1]:
+            raise ShapeError(f"{what}_y has {y.shape[1]} labels but test_y has {ty.shape[1]}.")
+        y, ty = y.astype(np.int64), ty.astype(np.int64)
+    else:
+        y, ty = as_labels(y, f"{what}_y"), as_labels(ty, "test_y")
+    return x, y, tx, ty, multilabel
+
+
+def _n_classes(num_classes: int | None, multilabel: bool, *ys: Any) -> int:
+    if multilabel:
+        return int(ys[0].shape[1])
+    seen = max(int(y.max()) + 1 for y in ys if y is not None and y.size)
+    if num_classes is None:
+        return seen
+    if seen > num_classes:
+        raise ShapeError(f"labels go up to {seen - 1} but num_classes={num_classes}.")
+    return int(num_classes)
