@@ -606,6 +606,7 @@ def plan_backbone(
         )
     net, transform = _build(spec, pretrained=False, device="meta")
     cpu, mean, std = split_transform(transform)
+    net.eval()
     extractor = FeatureExtractor(net, spec, feature, None, None)
     cfg = dict(net.bobx_data_config)  # type: ignore[arg-type]
     plan = BackbonePlan(
@@ -620,14 +621,17 @@ def plan_backbone(
         std,
         params=sum(p.numel() for p in net.parameters()),
     )
-    probe = torch.zeros(1, *plan.input_size, device="meta")
+    probe = torch.zeros(2, *plan.input_size, device="meta")
     try:
         out = extractor.features(probe)
-    except ShapeError:
-        raise
     except (IndexError, ValueError, AssertionError) as exc:
+        if feature == "pooled" or isinstance(exc, ShapeError):
+            raise
         raise UnknownNameError(
-            f"feature point of {spec.name}", feature, ("pooled",), hint=f"({exc})".splitlines()[0]
+            f"feature point of {spec.name}",
+            feature,
+            ("pooled",),
+            hint=f"({exc})".splitlines()[0],
         ) from exc
     plan.dim = int(out.shape[1])
     return plan
