@@ -52,7 +52,6 @@ def _print_records(records: list[Any], as_json: bool) -> None:
     if as_json:
         _echo_json([r.to_dict() for r in records])
         return
-    from rich.console import Console
     from rich.table import Table
 
     table = Table("backbone", "task", "dataset", "split", "metric", "value", "params")
@@ -60,7 +59,16 @@ def _print_records(records: list[Any], as_json: bool) -> None:
         table.add_row(
             r.backbone, r.task, r.dataset, r.split, r.metric, f"{r.value:.4f}", r.params_json
         )
-    Console().print(table)
+    _console().print(table)
+
+
+def _console() -> Any:
+    """A rich console that does not squeeze tables to 80 columns when piped."""
+    import shutil
+
+    from rich.console import Console
+
+    return Console(width=max(shutil.get_terminal_size((160, 24)).columns, 120))
 
 
 def _parse_params(items: list[str] | None) -> dict[str, Any]:
@@ -86,7 +94,6 @@ def ls_cmd(store: StoreOpt = None, as_json: JsonOpt = False) -> None:
     if as_json:
         _echo_json({"store": st.url, "feature_sets": sets, "n_results": len(results)})
         return
-    from rich.console import Console
     from rich.table import Table
 
     table = Table("backbone", "dataset", "split", "n", "dim", "dtype", "status", "created")
@@ -101,7 +108,7 @@ def ls_cmd(store: StoreOpt = None, as_json: JsonOpt = False) -> None:
             s["status"],
             s["created_at"][:19],
         )
-    console = Console()
+    console = _console()
     console.print(table)
     console.print(f"{len(results)} result record(s) in {st.url}")
 
@@ -227,6 +234,151 @@ def compact_cmd(store: StoreOpt = None) -> None:
     typer.echo(f"packed {n} record(s)")
 
 
+# --------------------------------------------------------------------------- classification
+BackboneOpt = Annotated[str, typer.Option(help="Backbone name, or `all` (every cached one).")]
+DatasetOpt = Annotated[str, typer.Option(help="Dataset name.")]
+TestSplitOpt = Annotated[
+    str | None, typer.Option(help="Evaluation split (default: test, else val).")
+]
+
+
+def _int_list(text: str, option: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated integers, got {text!r}",
+                                 param_hint=option) from None
+    if not values or min(values) < 1:
+        raise typer.BadParameter(f"expected positive integers, got {text!r}", param_hint=option)
+    return values
+
+
+class ProbeBackend(StrEnum):
+    auto = "auto"
+    sklearn = "sklearn"
+    torch = "torch"
+    cuml = "cuml"
+
+
+@app.command("knn")
+def knn_cmd(
+    backbone: BackboneOpt,
+    dataset: DatasetOpt,
+    k: Annotated[str, typer.Option(help="Neighbour counts, comma-separated.")] = "10,20,100,200",
+    temperature: Annotated[float, typer.Option(help="Weight exp(s / T).")] = 0.07,
+    train_split: Annotated[str, typer.Option(help="Split searched.")] = "train",
+    test_split: TestSplitOpt = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """DINO-weighted kNN classification on cached features (top-1 / top-5 per k)."""
+    from featcache.runners.classification import run_knn
+
+    records = run_knn(
+        _store(store), backbone, dataset, ks=_int_list(k, "--k"), temperature=temperature,
+        train_split=train_split, test_split=test_split, device=device,
+    )
+    _print_records(records, as_json)
+
+
+@app.command("probe")
+def probe_cmd(
+    backbone: BackboneOpt,
+    dataset: DatasetOpt,
+    fraction: Annotated[
+        float | None, typer.Option(help="Low-shot: stratified fraction of train (0.01, 0.1).")
+    ] = None,
+    shots: Annotated[int | None, typer.Option(help="Few-shot: items per class.")] = None,
+    seed: Annotated[int, typer.Option(help="Seeds the holdout and low-shot sampling.")] = 0,
+    backend: Annotated[ProbeBackend, typer.Option(help="Solver.")] = ProbeBackend.auto,
+    device: Annotated[str, typer.Option(help="cpu or cuda (torch / cuml backends).")] = "cpu",
+    eval_on: Annotated[
+        list[str] | None, typer.Option(help="Also evaluate the probe on this dataset (OOD).")
+    ] = None,
+    train_split: Annotated[str, typer.Option(help="Training split.")] = "train",
+    test_split: TestSplitOpt = None,
+    val_split: Annotated[
+        str | None, typer.Option(help="Official val split to choose C (default: val if cached).")
+    ] = None,
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Logistic-regression linear probe (DINOv2 protocol: 45-value C sweep, refit)."""
+    from featcache.runners.classification import run_probe
+
+    if fraction is not None and shots is not None:
+        raise typer.BadParameter("pass --fraction or --shots, not both")
+    records = run_probe(
+        _store(store), backbone, dataset, fraction=fraction, shots=shots, seed=seed,
+        backend=backend.value, device=device, train_split=train_split, test_split=test_split,
+        val_split=val_split, eval_on=eval_on or (),
+    )
+    _print_records(records, as_json)
+
+
+@app.command("calibrate")
+def calibrate_cmd(
+    backbone: BackboneOpt,
+    dataset: DatasetOpt,
+    run: Annotated[str, typer.Option(help="Probe run: full, frac0.1-seed0, shots10-seed0.")] = "full",
+    n_bins: Annotated[int, typer.Option(help="Equal-width confidence bins.")] = 15,
+    temperature_scale: Annotated[
+        bool, typer.Option(help="Fit a temperature on the probe's validation logits first.")
+    ] = False,
+    plot: Annotated[Path | None, typer.Option(help="Reliability diagram (PNG).")] = None,
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """ECE (15 bins), NLL and Brier of a stored probe's test predictions."""
+    from featcache.runners.classification import run_calibration
+
+    records = run_calibration(
+        _store(store), backbone, dataset, run=run, n_bins=n_bins,
+        temperature_scale=temperature_scale, plot=None if plot is None else str(plot),
+    )
+    _print_records(records, as_json)
+
+
+# --------------------------------------------------------------------------- retrieval
+class QueryCrop(StrEnum):
+    bbx = "bbx"
+    none = "none"
+
+
+@app.command("retrieve")
+def retrieve_cmd(
+    backbone: BackboneOpt,
+    dataset: DatasetOpt,
+    protocol: Annotated[
+        str, typer.Option(help="Revisited settings, comma-separated.")
+    ] = "easy,medium,hard",
+    query_crop: Annotated[
+        QueryCrop, typer.Option(help="Queries cropped to their bbx (revisitop) or not.")
+    ] = QueryCrop.bbx,
+    k: Annotated[str, typer.Option(help="k of mP@k / Recall@k, comma-separated.")] = "1,5,10",
+    top_k: Annotated[
+        int | None, typer.Option(help="Exact top-K cut-off for huge galleries (map@K).")
+    ] = None,
+    query_split: Annotated[str | None, typer.Option(help="Label retrieval: query split.")] = None,
+    gallery_split: Annotated[
+        str | None, typer.Option(help="Label retrieval: gallery split (default: leave-one-out).")
+    ] = None,
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Image retrieval: revisited Oxford/Paris (E/M/H mAP, mP@k) or by label (mAP, MRR, R@k)."""
+    from featcache.runners.retrieval import run_retrieval
+
+    records = run_retrieval(
+        _store(store), backbone, dataset,
+        protocols=[p.strip() for p in protocol.split(",") if p.strip()],
+        query_crop=query_crop.value, ks=_int_list(k, "--k"), top_k=top_k,
+        query_split=query_split, gallery_split=gallery_split,
+    )
+    _print_records(records, as_json)
+
+
 # --------------------------------------------------------------------------- ranking
 class Weight(StrEnum):
     task = "task"
@@ -267,7 +419,6 @@ def rank_cmd(
     if as_json:
         typer.echo(ranked.to_json(orient="records", indent=2))
         return
-    from rich.console import Console
     from rich.table import Table
 
     table = Table("task", "rank", "backbone", "score", f"{95}% CI", "P(first)", "settings")
@@ -279,7 +430,7 @@ def rank_cmd(
         table.add_row(
             row.task, str(row.rank), row.backbone, f"{row.score:+.3f}", ci, pf, str(row.n_settings)
         )
-    Console().print(table)
+    _console().print(table)
 
 
 @app.command("correlate")
