@@ -31,6 +31,7 @@ import os
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from importlib import metadata
@@ -345,7 +346,9 @@ class _Progress:
 
 # --------------------------------------------------------------------------- running
 class _Runner:
-    """The model side: device transfer, autocast, OOM back-off, one batch of lag on GPU."""
+    """The model side: device transfer, autocast, OOM back-off and, on CUDA, copies of the
+    features back to the host on a side stream, so the GPU computes batch k + 1 while the
+    host collects batch k and fetches the next one."""
 
     def __init__(self, model: Any, device: Any, precision: str, batch_size: int, auto: bool):
         import torch
@@ -353,6 +356,7 @@ class _Runner:
         self.torch, self.model, self.device = torch, model, device
         self.auto, self.micro = auto, batch_size
         self.dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        self.copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
 
     def _forward(self, x: Any) -> Any:
         torch = self.torch
@@ -369,6 +373,7 @@ class _Runner:
             )
 
     def __call__(self, x: Any) -> Any:
+        """Features of one batch, on the device (float32)."""
         torch = self.torch
         x = x.to(self.device, non_blocking=True)
         while True:
@@ -384,6 +389,27 @@ class _Runner:
                 torch.cuda.empty_cache()
                 self.micro = max(1, min(self.micro, x.shape[0]) // 2)
                 log.warning("CUDA out of memory; retrying with batch size %d", self.micro)
+
+    def submit(self, x: Any) -> tuple[Any, ...]:
+        """Start one batch; :meth:`fetch` returns its features as a numpy array."""
+        out = self(x)
+        if self.copy_stream is None:
+            return (out,)
+        torch = self.torch
+        ready = torch.cuda.Event()
+        ready.record()
+        with torch.cuda.stream(self.copy_stream):
+            self.copy_stream.wait_event(ready)
+            host = out.to("cpu", non_blocking=True)
+            done = torch.cuda.Event()
+            done.record(self.copy_stream)
+        return (host, done, out)  # ``out`` stays referenced until the copy is done
+
+    @staticmethod
+    def fetch(handle: tuple[Any, ...]) -> np.ndarray:
+        if len(handle) > 1:
+            handle[1].synchronize()
+        return np.array(handle[0].numpy(), dtype=np.float32)
 
 
 def _make_loader(
@@ -403,7 +429,7 @@ def _make_loader(
         batch_sampler=batches,
         num_workers=num_workers,
         pin_memory=device.type == "cuda",
-        prefetch_factor=4 if device.type == "cuda" else 2,
+        prefetch_factor=2,
         persistent_workers=False,
         multiprocessing_context="fork" if "fork" in _start_methods() else None,
     )
@@ -448,12 +474,13 @@ def _run_split(
     sink = _ChunkSink(writer, split, chunks, plan.dim)
     runner = _Runner(model, device, precision, batch_size, auto_batch)
     bar = _Progress(progress, label, n_images)
-    lagged: tuple[Any, Any, np.ndarray] | None = None
+    pending: deque[tuple[Any, tuple[Any, ...], np.ndarray]] = deque()
+    depth = 1 if device.type == "cuda" else 0  # batches in flight beyond the newest
     t0 = time.perf_counter()
 
-    def drain(item: tuple[Any, Any, np.ndarray]) -> None:
-        rows, out, valid = item
-        feats = out.cpu().numpy()
+    def drain() -> None:
+        rows, handle, valid = pending.popleft()
+        feats = runner.fetch(handle)
         feats[~valid] = 0.0
         sink.add(rows.numpy().astype(np.int64), feats, valid)
         bar.advance(len(valid))
@@ -463,23 +490,18 @@ def _run_split(
             valid = np.array([not e for e in errors], dtype=bool)
             if not valid.all() and on_bad_image == "error":
                 first = errors[int(np.flatnonzero(~valid)[0])]
-                if lagged is not None:
-                    drain(lagged)
-                    lagged = None
+                while pending:
+                    drain()
                 sink.close()
                 raise DataError(
                     f"{first} (extraction stopped; {label} stays incomplete and "
                     "resumes from its missing chunks)"
                 )
-            out = runner(x)
-            if lagged is not None:
-                drain(lagged)
-            lagged = (rows, out, valid)
-            if device.type != "cuda":  # no asynchrony to exploit
-                drain(lagged)
-                lagged = None
-        if lagged is not None:
-            drain(lagged)
+            pending.append((rows, runner.submit(x), valid))
+            while len(pending) > depth:
+                drain()
+        while pending:
+            drain()
         sink.close()
     finally:
         bar.close()
@@ -712,13 +734,15 @@ def _torch_threads() -> int:
 
 
 def _set_threads(device: Any) -> None:
-    """On CPU the model gets the cores this process may use (decode workers run beside it
-    at one thread each). torch's default counts the machine's cores, which oversubscribes
+    """Backend settings. On CPU the model gets the cores this process may use (decode
+    workers run beside it at one thread each). torch's default counts the machine's cores, which oversubscribes
     a container limited to fewer; an explicit OMP_NUM_THREADS is respected."""
     import torch
 
     if device.type == "cpu" and not os.environ.get("OMP_NUM_THREADS"):
         torch.set_num_threads(max(1, min(torch.get_num_threads(), cpu_count())))
+    if device.type == "cuda":  # fixed shapes: let cuDNN pick its fastest kernels once
+        torch.backends.cudnn.benchmark = True
 
 
 def _result(

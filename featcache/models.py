@@ -557,6 +557,8 @@ class BackbonePlan:
     mean: tuple[float, ...] | None
     std: tuple[float, ...] | None
     params: int = 0
+    #: The library's whole inference transform (PIL -> normalised float tensor).
+    transform: Any = None
 
     @property
     def input_size(self) -> tuple[int, int, int]:
@@ -620,6 +622,7 @@ def plan_backbone(
         mean,
         std,
         params=sum(p.numel() for p in net.parameters()),
+        transform=transform,
     )
     probe = torch.zeros(2, *plan.input_size, device="meta")
     try:
