@@ -407,3 +407,51 @@ def test_spec_is_frozen() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         spec.name = "x"  # type: ignore[misc]
     assert isinstance(spec, BackboneSpec)
+
+
+def test_pinned_checkpoint_url_is_downloaded_once_and_verified(monkeypatch, tmp_path: Path):
+    import shutil
+
+    import featcache.models as models
+
+    net = _timm("resnet10t")
+    published = tmp_path / "published.pth"
+    torch.save(
+        {"epoch": 1, "model": {f"module.backbone.{k}": v for k, v in net.state_dict().items()}},
+        published,
+    )
+    spec = dataclasses.replace(
+        get_backbone_spec("vicreg_resnet50_in1k"),
+        model="resnet10t",
+        resolution=32,
+        url="https://example.invalid/vicreg-r10t.pth",
+        sha256=provenance.sha256_file(published),
+    )
+    calls: list[str] = []
+
+    def download(url: str, dst: str, progress: bool = True) -> None:
+        calls.append(url)
+        shutil.copyfile(published, dst)
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", download)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("BOBX_OFFLINE", raising=False)
+    plan = plan_backbone(spec)
+    assert plan.weights.identity() == {"kind": "pretrained", "url": spec.url, "sha256": spec.sha256}
+    model = models.load_backbone(plan)
+    x = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        expected = models.FeatureExtractor(net.eval(), spec, "pooled", plan.mean, plan.std)(x)
+        assert torch.equal(model(x), expected)
+    models.load_backbone(plan)  # cached: no second download
+    assert calls == [spec.url]
+    monkeypatch.setenv("BOBX_OFFLINE", "1")
+    models.load_backbone(plan)  # cached and verified: works offline
+    bad = dataclasses.replace(spec, url="https://example.invalid/other.pth", sha256="0" * 64)
+    with pytest.raises(UnavailableError, match="not cached"):
+        models.load_backbone(plan_backbone(bad))
+    monkeypatch.delenv("BOBX_OFFLINE")
+    with pytest.raises(DataError, match="refusing to load it"):
+        models.load_backbone(plan_backbone(bad))
+    assert not (tmp_path / "hub" / "checkpoints" / "other.pth").exists()
