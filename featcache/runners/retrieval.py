@@ -79,7 +79,8 @@ def _revisited(
             f"re-extract with `bobx extract --backbone {backbone} --dataset {dataset} "
             f"--split query --query-crop {query_crop} --overwrite`."
         )
-    gnd = load_gnd(store.get_meta(dataset, "gnd"))
+    # extract copies the ground truth as meta/<dataset>/{gnd,imlist,qimlist}.json
+    gnd = load_gnd({name: store.get_meta(dataset, name) for name in ("gnd", "imlist", "qimlist")})
     if len(gnd) != query.n:
         raise DataError(
             f"{dataset}: ground truth has {len(gnd)} queries but the query split has {query.n} "
