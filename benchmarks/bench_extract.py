@@ -149,7 +149,7 @@ def bobx_extract(args: argparse.Namespace, data: Path, device: Any) -> dict[str,
                 "image_folder",
                 splits=["test"],
                 data_root=data,
-                device=device.type,
+                device=str(device),
                 batch_size=args.batch_size,
                 num_workers=args.num_workers,
                 precision=args.precision,
@@ -210,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--plain-images", type=int, help="images for the plain loop (default all; --gpu 2000)"
     )
+    p.add_argument("--device", help="cpu | cuda[:i] (default: cuda with --gpu, else cpu)")
     p.add_argument("--repeat", type=int, default=2, help="timed runs per contender (best shown)")
     p.add_argument("--data", type=Path, help="keep the JPEGs here (reused when present)")
     p.add_argument("--json", type=Path, help="also write the figures to this file")
@@ -227,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     from featcache.extract import _set_threads, default_workers, resolve_device
     from featcache.models import load_backbone, plan_backbone
 
-    device = resolve_device("cuda" if args.gpu else "cpu")
+    device = resolve_device(args.device or ("cuda" if args.gpu else "cpu"))
     if args.num_workers is None:
         args.num_workers = default_workers(device.type)
     with tempfile.TemporaryDirectory(prefix="bobx-bench-jpegs-") as tmp:

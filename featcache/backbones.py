@@ -47,8 +47,8 @@ KEY_MAPS = ("auto", "mocov3", "dino", "vicreg", "vicregl_convnext", "midas_swinv
 #: Preprocessing fields a manifest may override (timm data-config names).
 PREPROCESS_KEYS = ("mean", "std", "interpolation", "crop_pct", "crop_mode")
 #: Feature points: the pooled output, the class token, the mean of the patch tokens, or the
-#: output of block/stage ``i`` (timm / open_clip ``forward_intermediates``; negative counts
-#: from the end), spatially averaged.
+#: output of block/stage ``i`` (timm / open_clip ``forward_intermediates`` indices: ViT
+#: blocks; CNN stages, where 0 is the stem; negative counts from the end), spatially averaged.
 FEATURE_PATTERN = re.compile(r"pooled|cls|patch_mean|block:-?\d+")
 
 _FIELDS = (
