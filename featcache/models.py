@@ -360,9 +360,47 @@ def fetch_checkpoint(spec: BackboneSpec) -> Path:
     return cache
 
 
+_PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the Hugging Face endpoint opens (True behind a proxy)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if any(os.environ.get(v) for v in _PROXY_VARS):
+        return True
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection(
+            (url.hostname or "huggingface.co", url.port or 443), timeout=timeout
+        ).close()
+    except OSError:
+        return False
+    return True
+
+
+@contextmanager
+def _hub_cache_only_if_unreachable() -> Iterator[None]:
+    """Serve the hub from its cache alone while it cannot be reached, so a cache miss fails at
+    once instead of after a minute of retries (cached weights still load)."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or hub_reachable():
+        yield
+        return
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = False
+
+
 def _network_error(spec: BackboneSpec, exc: BaseException) -> UnavailableError:
     hf_home = os.environ.get("HF_HOME") or os.environ.get("HF_HUB_CACHE") or "~/.cache/huggingface"
-    state = "HF_HUB_OFFLINE=1" if offline() else "no network"
+    state = "HF_HUB_OFFLINE=1" if offline() else "the hub is unreachable"
     return UnavailableError(
         f"Pretrained weights of {spec.name!r} ({spec.library_name}) are not in the local "
         f"Hugging Face cache ({hf_home}) and cannot be downloaded ({state}): run once with "
@@ -377,7 +415,7 @@ def _quiet() -> Iterator[None]:
     """Silence the libraries' 'no pretrained weights loaded' chatter while building."""
     logger = logging.getLogger()
     level = logger.level
-    logger.setLevel(logging.ERROR)
+    logger.setLevel(logging.CRITICAL)  # failures surface as our own one-line errors
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -664,7 +702,8 @@ def load_backbone(plan: BackbonePlan, *, device: str | torch.device = "cpu") -> 
         )
     else:
         try:
-            net, _ = _build(spec, pretrained=True)
+            with _hub_cache_only_if_unreachable():
+                net, _ = _build(spec, pretrained=True)
         except OSError as exc:  # HF hub misses, URLError, requests errors are all OSErrors
             raise _network_error(spec, exc) from exc
         except RuntimeError as exc:

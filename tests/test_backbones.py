@@ -8,6 +8,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -455,3 +456,19 @@ def test_pinned_checkpoint_url_is_downloaded_once_and_verified(monkeypatch, tmp_
     with pytest.raises(DataError, match="refusing to load it"):
         models.load_backbone(plan_backbone(bad))
     assert not (tmp_path / "hub" / "checkpoints" / "other.pth").exists()
+
+
+def test_unreachable_hub_fails_fast_from_the_cache(monkeypatch, tmp_path: Path) -> None:
+    from huggingface_hub import constants
+
+    import featcache.models as models
+
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    t0 = time.perf_counter()
+    with pytest.raises(UnavailableError, match="the hub is unreachable") as err:
+        models.load_backbone(plan_backbone("sup_resnet18_in1k"))
+    assert time.perf_counter() - t0 < 30 and "--weights PATH" in str(err.value)
+    assert constants.HF_HUB_OFFLINE is False  # restored

@@ -527,25 +527,14 @@ def test_checkpoints_load_back_by_path_with_identical_features(tmp_path: Path) -
         run(mem(), "tiny_vit", splits=["test"], limit=4, weights=str(wrong))
 
 
+@pytest.mark.parametrize("backbone", ["sup_resnet18_in1k", "clip_resnet50_openai"])
 def test_offline_pretrained_is_one_clear_line_and_writes_nothing(
-    tmp_path: Path, manifests: Path
+    backbone: str, tmp_path: Path, manifests: Path
 ) -> None:
     url = str(tmp_path / "store")
+    args = ["extract", "--backbone", backbone, "--limit", "4", "--no-progress", "--store", url]
     proc = subprocess.run(
-        _cli(
-            "extract",
-            "--backbone",
-            "sup_resnet18_in1k",
-            "--dataset",
-            "digits",
-            "--limit",
-            "4",
-            "--device",
-            "cpu",
-            "--no-progress",
-            "--store",
-            url,
-        ),
+        _cli(*args),
         env=_env(manifests, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf")),
         capture_output=True,
         text=True,
@@ -553,7 +542,7 @@ def test_offline_pretrained_is_one_clear_line_and_writes_nothing(
     )
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ")
-    assert "HF_HUB_OFFLINE=1" in lines[0] and "--weights PATH" in lines[0]
-    assert "network access" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert backbone in lines[0] and "HF_HUB_OFFLINE=1" in lines[0]
+    assert "network access" in lines[0] and "--weights PATH" in lines[0]
     assert featcache.open_store(url).list_features() == []
