@@ -527,7 +527,9 @@ def extract_cmd(
     ] = "pretrained",
     seed: Annotated[int | None, typer.Option(help="Seed of --weights random.")] = None,
     layer: Annotated[
-        str | None, typer.Option(help="Feature point: pooled, cls, patch_mean or block:<i>.")
+        str | None,
+        typer.Option(help="Feature point: pooled, cls, patch_mean or block:<i> (stored as "
+                     "<backbone>@<point>, e.g. dino_vitb_in1k@block-4)."),
     ] = None,
     limit: Annotated[int | None, typer.Option(help="Only the first N images per split.")] = None,
     shard_index: Annotated[int, typer.Option(help="This shard (0-based).")] = 0,

@@ -447,16 +447,41 @@ def _catalog() -> tuple[dict[str, BackboneSpec], dict[str, str]]:
     return specs, aliases
 
 
+def feature_slug(feature: str) -> str:
+    """A feature point as a name suffix: ``cls``, ``patch_mean``, ``block:-2`` -> ``block-2``."""
+    return check_feature(feature).replace(":", "")
+
+
+def with_feature(spec: BackboneSpec, feature: str) -> BackboneSpec:
+    """``spec`` reading another feature point, as its own backbone ``<name>@<feature>``
+    (its features are stored beside, never over, the default ones)."""
+    feature = check_feature(feature, where="feature point (--layer)")
+    if feature == spec.feature:
+        return spec
+    base = spec.name.partition("@")[0]
+    return dataclasses.replace(
+        spec, name=f"{base}@{feature_slug(feature)}", feature=feature, aliases=()
+    )
+
+
 def get_backbone_spec(name: str | BackboneSpec) -> BackboneSpec:
-    """The spec named ``name`` (a canonical name or an alias); UnknownNameError with near
-    misses when there is none. A spec passes through unchanged."""
+    """The spec named ``name`` (a canonical name or an alias, optionally ``@<feature>`` such
+    as ``dino_vitb@block-4``); UnknownNameError with near misses when there is none. A spec
+    passes through unchanged."""
     if isinstance(name, BackboneSpec):
         return name
+    base, at, suffix = name.partition("@")
     specs, aliases = _catalog()
-    if name in specs:
-        return specs[name]
-    if name in aliases:
-        return specs[aliases[name]]
+    if base in specs or base in aliases:
+        spec = specs[base] if base in specs else specs[aliases[base]]
+        if not at:
+            return spec
+        match = re.fullmatch(r"(pooled|cls|patch_mean)|block(-?\d+)", suffix)
+        if match is None:
+            feature = check_feature(suffix, where=f"feature point of {name!r}")
+        else:
+            feature = match.group(1) or f"block:{match.group(2)}"
+        return with_feature(spec, feature)
     raise UnknownNameError(
         "backbone",
         name,

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from featcache import provenance
-from featcache.backbones import BackboneSpec, get_backbone_spec
+from featcache.backbones import BackboneSpec, get_backbone_spec, with_feature
 from featcache.errors import (
     DataError,
     IncompleteError,
@@ -562,7 +562,8 @@ def extract(
         precision: ``fp32`` | ``bf16`` | ``fp16`` (autocast).
         weights: ``pretrained`` | ``random`` (seeded by ``seed``, default the spec's) | PATH.
         layer: feature point (``pooled`` | ``cls`` | ``patch_mean`` | ``block:<i>``);
-            default the catalog's.
+            default the catalog's. Another point is stored as its own backbone
+            ``<name>@<feature>`` (e.g. ``dino_vitb_in1k@block-4``), which names also accept.
         limit: only the first ``limit`` images of each split (quick runs).
         shard_index, num_shards: compute chunks ``i, i + N, ...`` only; the set is published
             by whichever shard finishes last.
@@ -592,12 +593,14 @@ def extract(
 
     st = store if isinstance(store, Store) else open_store(store)
     spec = get_backbone_spec(backbone)
+    if layer is not None:  # another feature point is another feature set: <name>@<feature>
+        spec = with_feature(spec, layer)
     dspec = get_dataset_spec(dataset) if isinstance(dataset, str) else dataset
     split_names = list(splits) if splits else list(dspec.splits)
     dev = resolve_device(device)
     from featcache.models import load_backbone, plan_backbone
 
-    plan = plan_backbone(spec, weights, layer=layer, seed=seed)
+    plan = plan_backbone(spec, weights, seed=seed)
     bs = AUTO_BATCH["cuda" if dev.type == "cuda" else "cpu"] if auto_batch else int(batch_size)
     workers = default_workers(dev.type) if num_workers is None else max(0, int(num_workers))
 

@@ -208,11 +208,12 @@ def test_open_clip_backbone_equals_a_direct_forward(
         store, "tiny_clip", dataset, splits=[split_name], data_root=root, limit=12, layer=layer
     )
     split = open_split(get_dataset_spec(dataset), split_name, data_root=root, limit=12)
-    got = arrays(store, "tiny_clip", dataset, split_name)["x"]
+    got = arrays(store, res.backbone, dataset, split_name)["x"]
     if layer is None:
         assert res.dim == 384
         assert_fp16_close(got, direct("tiny_clip", [split.load(i) for i in range(len(split))]))
     else:  # an intermediate block, spatially averaged: same width, different numbers
+        assert res.backbone == "tiny_clip@block-2"
         assert res.dim == 384 and not np.allclose(got, 0)
 
 
@@ -275,6 +276,19 @@ def test_each_knob_that_changes_bytes_changes_the_key() -> None:
     [a] = run(mem(), "tiny_resnet", splits=["test"], limit=10, batch_size=3, num_workers=1)
     [b] = run(mem(), "tiny_resnet", splits=["test"], limit=10)
     assert a.cache_key == b.cache_key  # batch size and workers are provenance, not key
+
+
+def test_another_feature_point_is_stored_beside_the_default() -> None:
+    store = mem()
+    [a] = run(store, "tiny_resnet", splits=["test"], limit=8)
+    [b] = run(store, "tiny_resnet", splits=["test"], limit=8, layer="block:2")
+    [c] = run(store, "tiny_resnet@block2", splits=["test"], limit=8)
+    assert (a.backbone, b.backbone, c.status) == ("tiny_resnet", "tiny_resnet@block2", "cached")
+    assert b.dim == 128 and a.dim == 512 and b.cache_key == c.cache_key
+    assert get_backbone_spec("tiny_resnet@block:2").name == "tiny_resnet@block2"
+    assert get_backbone_spec("tiny_resnet@pooled").name == "tiny_resnet"
+    with pytest.raises(UnknownNameError):
+        get_backbone_spec("tiny_resnet@layer3")
 
 
 def test_shards_cover_every_chunk_exactly_once() -> None:
