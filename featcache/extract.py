@@ -587,6 +587,8 @@ def extract(
         isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
     ):
         raise UnknownNameError("batch size", str(batch_size), ("auto", "<positive integer>"))
+    if dtype not in ("float16", "float32"):
+        raise UnknownNameError("feature dtype", dtype, ("float16", "float32"))
     if limit is not None and limit < 1:
         raise DataError(f"--limit must be a positive number of images, got {limit}.")
     shard_chunks(1, shard_index, num_shards)  # validates the shard arguments
