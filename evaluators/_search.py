@@ -137,7 +137,7 @@ def exact_topk(
     q = np.ascontiguousarray(q)
     nq, dim = q.shape
 
-    search = _TorchBlockSearch(q) if device == "cuda" else _CpuBlockSearch(q)
+    search = _TorchBlockSearch(q, "cuda") if device == "cuda" else _CpuBlockSearch(q)
     best_s = np.empty((nq, 0), dtype=np.float32)
     best_i = np.empty((nq, 0), dtype=np.int64)
     offset = 0
@@ -299,26 +299,31 @@ def _numpy_knn(q: np.ndarray, block: np.ndarray, kk: int) -> tuple[np.ndarray, n
 
 
 class _TorchBlockSearch:
-    """CUDA path: matmul + ``torch.topk`` per (query chunk, block) on the GPU."""
+    """CUDA path: matmul + ``torch.topk`` per (query chunk, block) on the GPU.
 
-    def __init__(self, q: np.ndarray) -> None:
+    ``device="cpu"`` runs the same code on the CPU (used by the tests, which have
+    no GPU, to check the torch top-k and tie repair against the faiss path).
+    """
+
+    def __init__(self, q: np.ndarray, device: str) -> None:
         try:
             import torch
         except ImportError as exc:  # pragma: no cover - torch is a dependency
             raise UnavailableError("device='cuda' needs torch; install bobx[gpu].") from exc
-        if not torch.cuda.is_available():
+        if device == "cuda" and not torch.cuda.is_available():
             raise UnavailableError(
                 "device='cuda' was requested but no CUDA GPU is visible; use device='cpu'."
             )
         self.torch = torch
+        self.device = device
         self.q = q
-        self.q_gpu = torch.from_numpy(q).to("cuda")
+        self.q_gpu = torch.from_numpy(q).to(device)
 
     def block_topk(self, block: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         if block.shape[0] <= k:
             return _all_rows(self.q, block, k)
         torch = self.torch
-        b_gpu = torch.from_numpy(block).to("cuda")
+        b_gpu = torch.from_numpy(block).to(self.device)
         nq = self.q.shape[0]
         chunk = max(1, _MAX_TILE // block.shape[0])
         d = np.empty((nq, k + 1), np.float32)

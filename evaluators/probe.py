@@ -25,8 +25,9 @@ Documented choices and deviations:
   float32 optional) and drives scipy's L-BFGS-B with sklearn's settings (memory
   10, 50 line-search steps, ``gtol=tol``, ``ftol=64 * eps``), warm-starting each
   C from the previous solution along the ascending C path. Warm starts change
-  where the optimiser starts, not the optimum; with float32 the ``ftol`` rule
-  uses float32's epsilon. ``"cuml"`` uses cuML's L-BFGS (GPU) when importable.
+  where the optimiser starts, not the optimum; with ``dtype="float32"`` the
+  ``ftol`` rule becomes ``eps(float32)``. ``"cuml"`` uses cuML's L-BFGS (GPU)
+  when importable (``penalty_normalized=True``: sklearn's C).
 * Features are not standardised (the protocol's objective is on raw features).
 * ``sweep_patience`` (off by default) stops the sweep after that many C values
   in a row without a better validation score; a deviation, recorded in the result.
@@ -61,7 +62,7 @@ DEFAULT_C_GRID: np.ndarray = 10.0 ** np.linspace(-6, 5, 45)
 BACKENDS = ("auto", "sklearn", "torch", "cuml")
 _DTYPES = ("float64", "float32")
 # Multiply-adds per logit evaluation (n * d * outputs) below which the torch backend
-# runs single-threaded on the CPU (see _TorchBackend._threads).
+# runs single-threaded on the CPU (see _TorchBackend._runtime).
 _SMALL_WORK = 1 << 23
 
 #: Direction of every metric :func:`linear_probe` returns.
@@ -337,6 +338,23 @@ class _CumlBackend(_SklearnBackend):
         return fit
 
 
+def _cold_start(task: _Task, t: np.ndarray, dim: int) -> np.ndarray:
+    """W = 0 and the bias at its optimum for W = 0 (log class frequencies).
+
+    This is the exact solution as C -> 0, so the sweep's first (smallest) C starts
+    next to its optimum instead of spending hundreds of iterations on the badly
+    scaled bias-only directions. Same objective, only the starting point differs.
+    """
+    theta = np.zeros((task.n_out, dim + 1))
+    if task.mode == "softmax":
+        freq = np.bincount(t, minlength=task.n_out) / t.shape[0]
+        theta[:, dim] = np.log(freq)
+    else:
+        p = np.clip(t.mean(axis=0), 1e-12, 1 - 1e-12)
+        theta[:, dim] = np.log(p) - np.log1p(-p)
+    return theta.ravel()
+
+
 class _TorchBackend:
     """Loss/gradient in torch (CPU or CUDA), scipy L-BFGS-B with sklearn's settings."""
 
@@ -353,7 +371,11 @@ class _TorchBackend:
         self.torch = torch
         self.device = torch.device(device)
         self.dtype = torch.float64 if dtype == "float64" else torch.float32
-        self.np_eps = float(np.finfo(np.float64 if dtype == "float64" else np.float32).eps)
+        # scipy's ftol: sklearn's 64 * eps in float64. In float32 the loss is only good to
+        # ~eps(float32) relative, and 64 * eps(float32) stops visibly early at small C.
+        self.ftol = (
+            64 * np.finfo(np.float64).eps if dtype == "float64" else np.finfo(np.float32).eps
+        )
         self.max_iter, self.tol = max_iter, tol
         self._x_src: np.ndarray | None = None  # kept alive so `is` identifies it
         self._x: Any = None
@@ -409,8 +431,8 @@ class _TorchBackend:
             grad = torch.cat([gW / n + reg * W, (gb / n)[:, None]], dim=1)
             return float(loss), grad.double().cpu().numpy().ravel()
 
-        x0 = np.zeros(m * (dim + 1)) if init is None else np.asarray(init, np.float64).ravel()
-        with self._threads(n * dim * m):
+        x0 = _cold_start(task, t, dim) if init is None else np.asarray(init, np.float64).ravel()
+        with self._runtime(n * dim * m):
             res = minimize(
                 loss_grad,
                 x0,
@@ -420,7 +442,7 @@ class _TorchBackend:
                     "maxiter": self.max_iter,
                     "maxls": 50,
                     "gtol": self.tol,
-                    "ftol": 64 * self.np_eps,
+                    "ftol": float(self.ftol),
                 },
             )
         theta = res.x.reshape(m, dim + 1)
@@ -428,14 +450,22 @@ class _TorchBackend:
         return _Fit(theta[:, :dim].copy(), theta[:, dim].copy(), n_iter, n_iter < self.max_iter)
 
     @contextlib.contextmanager
-    def _threads(self, work: int) -> Iterator[None]:
-        """One CPU thread for small problems.
+    def _runtime(self, work: int) -> Iterator[None]:
+        """One CPU thread for small problems; full float32 matmul precision on CUDA.
 
         An evaluation of a small problem takes well under a millisecond; waking a
         thread pool for it costs more than it saves, and on a busy machine far more
         (10x measured). Large problems keep every thread.
         """
-        if self.device.type != "cpu" or work >= _SMALL_WORK:
+        if self.device.type != "cpu":  # no TF32: gradients must be float32-exact
+            precision = self.torch.get_float32_matmul_precision()
+            self.torch.set_float32_matmul_precision("highest")
+            try:
+                yield
+            finally:
+                self.torch.set_float32_matmul_precision(precision)
+            return
+        if work >= _SMALL_WORK:
             yield
             return
         from threadpoolctl import threadpool_limits
@@ -597,7 +627,7 @@ def linear_probe(
     low_shot = fraction is not None or shots is not None
 
     # 3. the C sweep (ascending; warm-started for backends that support it)
-    fit_x = train_x[fit_idx]
+    fit_x = train_x if fit_idx.size == train_x.shape[0] else train_x[fit_idx]  # no copy
     task, target = _encode(train_y[fit_idx], multilabel)
     sweep: list[tuple[float, float]] = []
     best: tuple[float, float, _Fit] | None = None

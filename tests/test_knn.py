@@ -15,7 +15,7 @@ import pytest
 
 from evaluators._search import exact_topk
 from evaluators.knn import HIGHER_IS_BETTER, knn_classify
-from featcache.errors import DataError, ShapeError, UnknownNameError
+from featcache.errors import DataError, ShapeError, UnavailableError, UnknownNameError
 
 # ----------------------------------------------------------------------------- oracles
 
@@ -97,6 +97,52 @@ def test_exact_topk_tie_order_hand_case():
     np.testing.assert_array_equal(s, [[2, 2], [0, -1]])
     s, i = exact_topk(q, db, 4, block_rows=2)
     np.testing.assert_array_equal(i, [[1, 2, 4, 0], [5, 0, 3, 1]])
+
+
+@pytest.mark.parametrize("k", [1, 7, 50])
+def test_torch_block_search_equals_the_faiss_path(int_data, k):
+    # the code behind device="cuda", run on the CPU: torch.topk + the same tie repair
+    from evaluators._search import _CpuBlockSearch, _merge, _TorchBlockSearch
+
+    q, db = int_data
+    ref = exact_topk(q, db, k, block_rows=128)
+    for search in (_TorchBlockSearch(q, "cpu"), _CpuBlockSearch(q)):
+        s = np.empty((len(q), 0), np.float32)
+        i = np.empty((len(q), 0), np.int64)
+        for a in range(0, len(db), 128):
+            bs, bi = search.block_topk(np.ascontiguousarray(db[a : a + 128]), k)
+            s, i = _merge(s, i, bs, bi + a, k)
+        np.testing.assert_array_equal(i, ref[1])
+        np.testing.assert_array_equal(s, ref[0])
+
+
+def _cuda_or_skip() -> None:
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+
+
+@pytest.mark.gpu
+def test_cuda_search_and_knn_equal_the_cpu_path(int_data, tie_problem):
+    _cuda_or_skip()
+    q, db = int_data
+    for k in (1, 50):
+        cpu = exact_topk(q, db, k, block_rows=100)
+        gpu = exact_topk(q, db, k, block_rows=100, device="cuda")
+        np.testing.assert_array_equal(gpu[1], cpu[1])
+        np.testing.assert_array_equal(gpu[0], cpu[0])
+    train_x, train_y, test_x, test_y = tie_problem
+    cpu_knn = knn_classify(train_x, train_y, test_x, test_y, ks=(5, 50))
+    assert knn_classify(train_x, train_y, test_x, test_y, ks=(5, 50), device="cuda") == cpu_knn
+
+
+def test_cuda_request_without_a_gpu_says_so(int_data):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    q, db = int_data
+    with pytest.raises(UnavailableError, match="device='cpu'"):
+        exact_topk(q, db, 3, device="cuda")
 
 
 def test_exact_topk_pads_when_database_is_smaller_than_k():

@@ -223,3 +223,15 @@ def test_sweep_patience_stops_early_and_is_recorded(problem):
     out = linear_probe(x, y, tx, ty, c_grid=GRID, backend="torch", seed=3, sweep_patience=1)
     assert out["sweep_patience"] == 1 and len(out["sweep"]) < len(GRID)
     assert out["sweep"][-2][1] == max(v for _, v in out["sweep"])
+
+
+@pytest.mark.gpu
+def test_torch_backend_on_cuda_equals_cpu(problem, fits):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    (x, y), (tx, ty) = problem
+    gpu = linear_probe(x, y, tx, ty, c_grid=GRID, backend="torch", device="cuda", seed=3)
+    cpu = fits["torch"]
+    assert gpu["C"] == cpu["C"] and gpu["top1"] == pytest.approx(cpu["top1"], abs=0.003)
+    np.testing.assert_allclose(gpu["weights"], cpu["weights"], rtol=1e-4, atol=1e-5)
