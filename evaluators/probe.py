@@ -408,25 +408,30 @@ class _TorchBackend:
             theta = torch.as_tensor(theta_np, device=self.device).to(self.dtype).view(m, dim + 1)
             W, b = theta[:, :dim], theta[:, dim]
             loss = torch.zeros((), dtype=torch.float64, device=self.device)
-            gW = torch.zeros_like(W)
-            gb = torch.zeros_like(b)
+            gW = gb = None
             for a in range(0, n, chunk):
                 Xc = X[a : a + chunk]
                 Z = torch.addmm(b, Xc, W.T)
                 if task.mode == "softmax":
                     yc = target[a : a + chunk]
-                    lse = torch.logsumexp(Z, dim=1)
-                    loss += (lse - Z.gather(1, yc[:, None]).squeeze(1)).sum(dtype=torch.float64)
-                    G = torch.exp(Z.sub_(lse[:, None]))
-                    G[rows[: G.shape[0]], yc] -= 1.0
+                    r = rows[: Z.shape[0]]
+                    # CE = log sum_c e^(z_c - max) - (z_y - max); one exp pass serves the
+                    # loss and the gradient softmax(z) - onehot(y)
+                    Z -= Z.amax(dim=1, keepdim=True)
+                    E = torch.exp(Z)
+                    s = E.sum(dim=1)
+                    loss += (torch.log(s) - Z[r, yc]).sum(dtype=torch.float64)
+                    G = E.div_(s[:, None])
+                    G[r, yc] -= 1.0
                 else:
                     Yc = target[a : a + chunk]
                     # log(1 + e^z) - y z, computed stably
                     sp = Z.clamp(min=0) + torch.log1p(torch.exp(-Z.abs()))
                     loss += (sp - Yc * Z).sum(dtype=torch.float64)
                     G = torch.sigmoid(Z).sub_(Yc)
-                gW.addmm_(G.T, Xc)
-                gb += G.sum(dim=0)
+                gW = G.T @ Xc if gW is None else gW.addmm_(G.T, Xc)
+                gb = G.sum(dim=0) if gb is None else gb + G.sum(dim=0)
+            assert gW is not None and gb is not None
             loss = loss / n + 0.5 * reg * (W.double() ** 2).sum()
             grad = torch.cat([gW / n + reg * W, (gb / n)[:, None]], dim=1)
             return float(loss), grad.double().cpu().numpy().ravel()

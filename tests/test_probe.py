@@ -41,10 +41,12 @@ def problem():
 @pytest.fixture(scope="module")
 def fits(problem):
     (x, y), (tx, ty) = problem
-    return {
+    out = {
         be: linear_probe(x, y, tx, ty, c_grid=GRID, backend=be, seed=3)
         for be in ("sklearn", "torch")
     }
+    out["torch32"] = linear_probe(x, y, tx, ty, c_grid=GRID, dtype="float32", seed=3)
+    return out
 
 
 def test_default_grid_is_the_protocol():
@@ -62,6 +64,12 @@ def test_torch_picks_the_same_C_and_accuracy_as_sklearn(fits):
     # same objective, both converged: same sweep curve and nearly the same weights
     np.testing.assert_allclose([v for _, v in tc["sweep"]], [v for _, v in sk["sweep"]])
     np.testing.assert_allclose(tc["weights"], sk["weights"], rtol=1e-4, atol=1e-5)
+
+
+def test_float32_torch_picks_the_same_C_within_a_third_of_a_point(fits):
+    sk, tc = fits["sklearn"], fits["torch32"]
+    assert tc["backend"] == "torch" and tc["dtype"] == "float32"
+    assert tc["C"] == sk["C"] and abs(tc["top1"] - sk["top1"]) <= 0.003
 
 
 def test_result_is_consistent(fits, problem):
