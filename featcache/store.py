@@ -92,8 +92,9 @@ def read_rows(store: Store, arr: zarr.Array, start: int, stop: int) -> np.ndarra
 
     Embeddings are stored with only the ``bytes`` codec (see the README's chunking
     note), so a chunk object *is* the little-endian rows: this reads each chunk's
-    bytes straight into one preallocated array (``readinto`` on local disk, a
-    parallel GET elsewhere) instead of zarr's generic decode-and-copy pipeline.
+    bytes straight into one preallocated array (``readinto`` through a chunk-sized
+    buffer on local disk, parallel GETs elsewhere) instead of zarr's generic
+    decode-and-copy pipeline.
     Any other encoding falls back to zarr's own reader."""
     if not _raw_little_endian(arr) or start >= stop:
         return np.asarray(arr[start:stop])
@@ -109,14 +110,27 @@ def read_rows(store: Store, arr: zarr.Array, start: int, stop: int) -> np.ndarra
         key = f"{prefix}/{meta.encode_chunk_key((chunk, 0))}"
         jobs.append((key, c0, lo, hi))
     local_root = getattr(store.zstore, "root", None)
+    # one chunk-sized bounce buffer: the kernel copies into a small, hot buffer and
+    # numpy copies on (measured ~2x faster than reading into the big fresh array)
+    bounce = np.empty(rows * dim, dtype=dtype) if local_root is not None and len(jobs) > 1 else None
 
     def fill(job: tuple[str, int, int, int]) -> None:
         key, c0, lo, hi = job
         target = out[lo - start : hi - start]
         skip = (lo - c0) * dim * dtype.itemsize
-        if local_root is not None:
+        if bounce is not None:
+            staged = bounce[: target.size]
             try:
-                with open(os.path.join(local_root, key), "rb", buffering=0) as f:
+                with open(os.path.join(str(local_root), key), "rb", buffering=0) as f:
+                    f.seek(skip)
+                    if f.readinto(memoryview(staged).cast("B")) == staged.nbytes:  # type: ignore[arg-type]
+                        target[...] = staged.reshape(target.shape)
+                        return
+            except FileNotFoundError:
+                pass
+        elif local_root is not None:  # one chunk: read straight into the result
+            try:
+                with open(os.path.join(str(local_root), key), "rb", buffering=0) as f:
                     f.seek(skip)
                     if f.readinto(memoryview(target).cast("B")) == target.nbytes:  # type: ignore[arg-type]
                         return
