@@ -190,7 +190,7 @@ def _name_list(value: Any, where: str) -> list[str]:
     return names
 
 
-def load_gnd(obj: Any) -> list[dict[str, Any]]:
+def load_gnd(obj: Any, *, source: str = "gnd file") -> list[dict[str, Any]]:
     """Validate an unpickled revisitop ground-truth structure and return its per-query entries.
 
     ``obj`` is what ``gnd_roxford5k.pkl`` / ``gnd_rparis6k.pkl`` hold once safely unpickled: a
@@ -202,7 +202,8 @@ def load_gnd(obj: Any) -> list[dict[str, Any]]:
     arrays) and, where present, ``bbx`` (tuple of 4 floats), ready for :func:`revisited_map`.
     Raises :class:`~featcache.errors.DataError` naming the first problem: a missing key, a
     list/name count mismatch, a non-integer, negative, out-of-range or duplicated index, lists
-    of one query that overlap, or a malformed ``bbx``.
+    of one query that overlap, or a malformed ``bbx``. ``source`` names the ground truth in
+    those messages (a file path; ``gnd[3]['easy']`` is then ``<path>: gnd[3]['easy']``).
     """
     if not isinstance(obj, Mapping):
         raise DataError(
@@ -212,21 +213,21 @@ def load_gnd(obj: Any) -> list[dict[str, Any]]:
     missing = [key for key in ("imlist", "qimlist", "gnd") if key not in obj]
     if missing:
         raise DataError(
-            f"Ground truth lacks {', '.join(repr(m) for m in missing)} (has "
+            f"{source} lacks {', '.join(repr(m) for m in missing)} (has "
             f"{', '.join(repr(k) for k in obj)}); is this a revisitop gnd_*.pkl file?"
         )
-    imlist = _name_list(obj["imlist"], "gnd file 'imlist'")
-    qimlist = _name_list(obj["qimlist"], "gnd file 'qimlist'")
+    imlist = _name_list(obj["imlist"], f"{source}: imlist")
+    qimlist = _name_list(obj["qimlist"], f"{source}: qimlist")
     if not imlist:
-        raise DataError("gnd file 'imlist' is empty; the database needs at least one image.")
+        raise DataError(f"{source}: imlist is empty; the database needs at least one image.")
     entries = obj["gnd"]
     is_list = isinstance(entries, Sequence) and not isinstance(entries, str | bytes)
     if is_list and len(entries) != len(qimlist):
         raise DataError(
-            f"gnd file has {len(qimlist)} query names but {len(entries)} 'gnd' entries; "
+            f"{source} has {len(qimlist)} query names but {len(entries)} 'gnd' entries; "
             "there must be one entry per query."
         )
-    return _validate_entries(entries, len(imlist), what="gnd file 'gnd'")
+    return _validate_entries(entries, len(imlist), what=f"{source}: gnd")
 
 
 # --------------------------------------------------------------------------------------------

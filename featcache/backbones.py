@@ -32,10 +32,10 @@ import dataclasses
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
-from featcache.catalog import load_entries
-from featcache.datasets.spec import FrozenMap
+from featcache.catalog import FrozenMap, check_known_fields, load_entries, manifest_problem, thaw
 from featcache.errors import BobxError, ManifestError, UnknownNameError, suggest
 from featcache.names import validate_name
 
@@ -125,7 +125,7 @@ class BackboneSpec:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(value, Mapping):
-                value = _thaw(value)
+                value = thaw(value)
             elif isinstance(value, tuple):
                 value = list(value)
             out[f.name] = value
@@ -144,23 +144,14 @@ class BackboneSpec:
             "url": self.url,
             "sha256": self.sha256,
             "key_map": self.key_map,
-            "model_kwargs": _thaw(self.model_kwargs),
-            "preprocess": _thaw(self.preprocess),
+            "model_kwargs": thaw(self.model_kwargs),
+            "preprocess": thaw(self.preprocess),
             "resolution": self.resolution,
             "random": self.is_random,
         }
 
 
-def _thaw(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _thaw(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_thaw(v) for v in value]
-    return value
-
-
-def _problem(source: str, name: str, text: str) -> ManifestError:
-    return ManifestError(f"{source}: backbone {name!r}: {text}")
+_problem = partial(manifest_problem, "backbone")
 
 
 def _opt_str(fields: Mapping[str, Any], key: str, source: str, name: str) -> str | None:
@@ -175,6 +166,17 @@ def _str_list(fields: Mapping[str, Any], key: str, source: str, name: str) -> tu
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise _problem(source, name, f"{key!r} must be a list of strings.")
     return tuple(value)
+
+
+def _availability(fields: Mapping[str, Any], source: str, name: str) -> tuple[bool, str | None]:
+    """``available`` (default true) and ``unavailable_reason``, required when not available."""
+    available = fields.get("available", True)
+    if not isinstance(available, bool):
+        raise _problem(source, name, "'available' must be true or false.")
+    reason = _opt_str(fields, "unavailable_reason", source, name)
+    if not available and not reason:
+        raise _problem(source, name, "an unavailable backbone needs 'unavailable_reason'.")
+    return available, reason
 
 
 def _check_choice(value: Any, choices: Sequence[str], key: str, source: str, name: str) -> str:
@@ -204,15 +206,7 @@ def spec_from_fields(name: str, fields: Mapping[str, Any]) -> BackboneSpec:
     """Validate raw manifest fields of a non-derived entry into a :class:`BackboneSpec`."""
     source_file = str(fields.get("_source", "<python>"))
     validate_name(name, "backbone")
-    unknown = sorted(set(fields) - set(_FIELDS) - {"_source"})
-    if unknown:
-        near = suggest(unknown[0], _FIELDS)
-        hint = f" (did you mean {near[0]!r}?)" if near else ""
-        raise _problem(
-            source_file,
-            name,
-            f"unknown field {unknown[0]!r}{hint}; fields are {', '.join(_FIELDS)}.",
-        )
+    check_known_fields(fields, _FIELDS, source=source_file, kind="backbone", name=name)
     src = _check_choice(fields.get("source"), SOURCES, "source", source_file, name)
     model = fields.get("model")
     if not isinstance(model, str) or not model:
@@ -263,12 +257,7 @@ def spec_from_fields(name: str, fields: Mapping[str, Any]) -> BackboneSpec:
         check_feature(feature)
     except BobxError as exc:
         raise _problem(source_file, name, str(exc)) from exc
-    available = fields.get("available", True)
-    if not isinstance(available, bool):
-        raise _problem(source_file, name, "'available' must be true or false.")
-    reason = _opt_str(fields, "unavailable_reason", source_file, name)
-    if not available and not reason:
-        raise _problem(source_file, name, "an unavailable backbone needs 'unavailable_reason'.")
+    available, reason = _availability(fields, source_file, name)
     if src == "diffusers" and available:
         raise _problem(
             source_file,
@@ -338,12 +327,7 @@ def random_variant(base: BackboneSpec, name: str, fields: Mapping[str, Any]) -> 
     seed = fields.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise _problem(source_file, name, "'seed' must be a non-negative integer.")
-    available = fields.get("available", True)
-    if not isinstance(available, bool):
-        raise _problem(source_file, name, "'available' must be true or false.")
-    reason = _opt_str(fields, "unavailable_reason", source_file, name)
-    if not available and not reason:
-        raise _problem(source_file, name, "an unavailable backbone needs 'unavailable_reason'.")
+    available, reason = _availability(fields, source_file, name)
     notes = fields.get("notes") or (
         f"Random initialisation (seed {seed}) of the {base.arch} architecture of {base.name}."
     )

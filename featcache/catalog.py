@@ -6,17 +6,22 @@ directory listed in ``$BOBX_MANIFESTS`` (``os.pathsep``-separated), each holding
 ``{name: {...fields...}}`` with any number of entries; a later directory may
 override a packaged entry of the same name (the override is recorded in
 ``_source``).
+
+Shared by both catalogs (:mod:`featcache.backbones`, :mod:`featcache.datasets.spec`):
+:class:`FrozenMap` for mapping-valued spec fields, and the error helpers that name
+the file and entry of a problem.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from featcache.errors import ManifestError
+from featcache.errors import ManifestError, suggest
 from featcache.names import validate_name
 
 PACKAGED = Path(__file__).resolve().parent.parent / "manifests"
@@ -55,3 +60,79 @@ def load_entries(kind: str) -> dict[str, dict[str, Any]]:
                     raise ManifestError(f"{path}: entry {name!r} must be a mapping of fields.")
                 entries[name] = {**fields, "_source": str(path)}
     return entries
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return FrozenMap(value)
+    if isinstance(value, list | tuple):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def thaw(value: Any) -> Any:
+    """Plain JSON-able copy of a (frozen) value: dicts for mappings, lists for tuples."""
+    if isinstance(value, Mapping):
+        return {str(k): thaw(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [thaw(v) for v in value]
+    return value
+
+
+class FrozenMap(Mapping[str, Any]):
+    """A read-only, hashable, picklable mapping (nested lists become tuples)."""
+
+    __slots__ = ("_data",)
+    _data: dict[str, Any]
+
+    def __init__(self, data: Mapping[str, Any] | None = None) -> None:
+        object.__setattr__(self, "_data", {str(k): _freeze(v) for k, v in (data or {}).items()})
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __hash__(self) -> int:
+        return hash(tuple(sorted((k, repr(v)) for k, v in self._data.items())))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Mapping) and dict(self.items()) == dict(other.items())
+
+    def __repr__(self) -> str:
+        return f"FrozenMap({self._data!r})"
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("FrozenMap is read-only")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FrozenMap, (thaw(self),))
+
+
+def manifest_problem(kind: str, source: str, name: str, text: str) -> ManifestError:
+    """``<file>: <kind> '<name>': <text>``, the error for one invalid catalog entry.
+
+    Each catalog binds its kind: ``_problem = partial(manifest_problem, "dataset")``."""
+    return ManifestError(f"{source}: {kind} {name!r}: {text}")
+
+
+def check_known_fields(
+    fields: Collection[str], allowed: Sequence[str], *, source: str, kind: str, name: str
+) -> None:
+    """ManifestError (with a near miss) when ``fields`` has a key outside ``allowed``.
+
+    ``_source``, added by :func:`load_entries`, is always allowed."""
+    unknown = sorted(set(fields) - set(allowed) - {"_source"})
+    if unknown:
+        near = suggest(unknown[0], allowed)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise manifest_problem(
+            kind,
+            source,
+            name,
+            f"unknown field {unknown[0]!r}{hint}; fields are {', '.join(allowed)}.",
+        )

@@ -17,12 +17,12 @@ import importlib
 import os
 from pathlib import Path
 
+from featcache.catalog import FrozenMap
 from featcache.datasets._common import ReadContext
 from featcache.datasets.spec import (
     BUILTIN_FORMATS,
     FORMATS,
     DatasetSpec,
-    FrozenMap,
     get_dataset_spec,
     list_dataset_specs,
     spec_root_default,

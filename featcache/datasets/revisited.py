@@ -18,12 +18,12 @@ the choice is recorded in ``params["query_crop"]``.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from evaluators.retrieval import load_gnd
 from featcache.datasets._common import ReadContext, find_base
 from featcache.datasets.safepickle import safe_load
 from featcache.datasets.split import FileSource, ImageSplit, safe_relpath
@@ -40,17 +40,12 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _index_list(value: Any, n: int, where: str) -> list[int]:
-    value = _plain(value)
-    if not isinstance(value, list) or not all(
-        isinstance(k, int) and not isinstance(k, bool) and 0 <= k < n for k in value
-    ):
-        raise DataError(f"{where}: expected a list of indices into imlist (0..{n - 1}).")
-    return value
-
-
 def validate_gnd(raw: Any, path: Path) -> dict[str, Any]:
-    """Check the structure of a loaded gnd dict and return it as JSON-able lists."""
+    """Check the structure of a loaded gnd dict and return it as JSON-able lists.
+
+    The file's layout and image names are checked here; the index lists and boxes of
+    each query by :func:`evaluators.retrieval.load_gnd` (in range, no repeats, easy /
+    hard / junk disjoint, finite boxes), the validator the evaluation runs on them."""
     bad = f"{path} is not a revisitop ground-truth file"
     if not isinstance(raw, dict) or not {"imlist", "qimlist", "gnd"} <= set(raw):
         raise DataError(f"{bad}: expected a dict with imlist, qimlist and gnd; re-download it.")
@@ -66,23 +61,31 @@ def validate_gnd(raw: Any, path: Path) -> dict[str, Any]:
     if not isinstance(entries, list | tuple) or len(entries) != len(lists["qimlist"]):
         raise DataError(f"{bad}: 'gnd' must hold one entry per query ({len(lists['qimlist'])}).")
     n = len(lists["imlist"])
-    gnd = []
     for q, entry in enumerate(entries):
         where = f"{path}: gnd[{q}]"
         if not isinstance(entry, dict) or not set(GND_KEYS) <= set(entry) or "bbx" not in entry:
             raise DataError(f"{where} must be a dict with easy, hard, junk and bbx.")
-        item: dict[str, Any] = {k: _index_list(entry[k], n, f"{where}[{k!r}]") for k in GND_KEYS}
-        bbx = _plain(entry["bbx"])
+        for key in GND_KEYS:  # numpy would read True as the index 1
+            values = _plain(entry[key])
+            if isinstance(values, list) and any(isinstance(k, bool) for k in values):
+                raise DataError(
+                    f"{where}[{key!r}]: expected a list of indices into imlist (0..{n - 1})."
+                )
+    checked = load_gnd({**lists, "gnd": entries}, source=str(path))
+    gnd = []
+    for q, (entry, clean) in enumerate(zip(entries, checked, strict=True)):
+        item: dict[str, Any] = {key: clean[key].tolist() for key in GND_KEYS}
+        bbx = clean.get("bbx")  # 4 finite floats, or absent for a null bbx
         if bbx is not None:
             if (
-                not isinstance(bbx, list)
-                or len(bbx) != 4
-                or not all(isinstance(v, int | float) and math.isfinite(v) for v in bbx)
+                not all(isinstance(v, int | float) for v in _plain(entry["bbx"]))
                 or bbx[2] <= bbx[0]
                 or bbx[3] <= bbx[1]
             ):
-                raise DataError(f"{where}['bbx'] must be [x1, y1, x2, y2] with x1 < x2, y1 < y2.")
-            bbx = [float(v) for v in bbx]
+                raise DataError(
+                    f"{path}: gnd[{q}]['bbx'] must be [x1, y1, x2, y2] with x1 < x2, y1 < y2."
+                )
+            bbx = list(bbx)
         item["bbx"] = bbx
         gnd.append(item)
     return {"gnd": gnd, "imlist": lists["imlist"], "qimlist": lists["qimlist"]}

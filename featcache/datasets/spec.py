@@ -19,13 +19,14 @@ the YAML file, used when neither ``--data-root`` nor ``root_env`` gives one.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from featcache.catalog import load_entries
-from featcache.errors import BobxError, ManifestError, UnknownNameError, suggest
+from featcache.catalog import FrozenMap, check_known_fields, load_entries, manifest_problem, thaw
+from featcache.errors import BobxError, UnknownNameError, suggest
 from featcache.names import validate_name
 
 TASKS = ("classification", "retrieval")
@@ -104,56 +105,6 @@ _FIELDS = (
 )
 
 
-def _freeze(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return FrozenMap(value)
-    if isinstance(value, list | tuple):
-        return tuple(_freeze(v) for v in value)
-    return value
-
-
-def _thaw(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {k: _thaw(v) for k, v in value.items()}
-    if isinstance(value, tuple):
-        return [_thaw(v) for v in value]
-    return value
-
-
-class FrozenMap(Mapping[str, Any]):
-    """A read-only, hashable, picklable mapping (nested lists become tuples)."""
-
-    __slots__ = ("_data",)
-    _data: dict[str, Any]
-
-    def __init__(self, data: Mapping[str, Any] | None = None) -> None:
-        object.__setattr__(self, "_data", {str(k): _freeze(v) for k, v in (data or {}).items()})
-
-    def __getitem__(self, key: str) -> Any:
-        return self._data[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._data)
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def __hash__(self) -> int:
-        return hash(tuple(sorted((k, repr(v)) for k, v in self._data.items())))
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Mapping) and dict(self.items()) == dict(other.items())
-
-    def __repr__(self) -> str:
-        return f"FrozenMap({self._data!r})"
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise AttributeError("FrozenMap is read-only")
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (FrozenMap, (_thaw(self),))
-
-
 @dataclass(frozen=True)
 class DatasetSpec:
     """A dataset as the catalog describes it; derive variants with ``dataclasses.replace``."""
@@ -188,27 +139,20 @@ class DatasetSpec:
             "task": self.task,
             "root_env": self.root_env,
             "class_subset": None if self.class_subset is None else list(self.class_subset),
-            "options": _thaw(self.options),
+            "options": thaw(self.options),
             "description": self.description,
             "source": self.source,
         }
 
 
-def _problem(source: str, name: str, text: str) -> ManifestError:
-    return ManifestError(f"{source}: dataset {name!r}: {text}")
+_problem = partial(manifest_problem, "dataset")
 
 
 def spec_from_fields(name: str, fields: Mapping[str, Any]) -> DatasetSpec:
     """Validate raw manifest fields into a :class:`DatasetSpec` (ManifestError on a problem)."""
     source = str(fields.get("_source", "<python>"))
     validate_name(name, "dataset")
-    unknown = sorted(set(fields) - set(_FIELDS) - {"_source"})
-    if unknown:
-        near = suggest(unknown[0], _FIELDS)
-        hint = f" (did you mean {near[0]!r}?)" if near else ""
-        raise _problem(
-            source, name, f"unknown field {unknown[0]!r}{hint}; fields are {', '.join(_FIELDS)}."
-        )
+    check_known_fields(fields, _FIELDS, source=source, kind="dataset", name=name)
     fmt = fields.get("format")
     if fmt not in FORMATS:
         near = suggest(str(fmt), FORMATS)
