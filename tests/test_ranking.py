@@ -26,7 +26,8 @@ from evaluators.ranking import (
 from featcache.errors import BobxError, DataError, UnknownNameError
 
 PAPER_DIR = Path(__file__).parent / "data" / "bob_paper"
-PAPER_TEXT = Path("/work/shared/reference/bob-paper.txt")
+# the paper sits in ../shared/reference beside the checkout (CI and every dev machine)
+PAPER_TEXT = Path(__file__).resolve().parents[2] / "shared" / "reference" / "bob-paper.txt"
 
 
 def load_paper() -> ModuleType:
