@@ -246,8 +246,9 @@ def _int_list(text: str, option: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise typer.BadParameter(f"expected comma-separated integers, got {text!r}",
-                                 param_hint=option) from None
+        raise typer.BadParameter(
+            f"expected comma-separated integers, got {text!r}", param_hint=option
+        ) from None
     if not values or min(values) < 1:
         raise typer.BadParameter(f"expected positive integers, got {text!r}", param_hint=option)
     return values
@@ -276,8 +277,14 @@ def knn_cmd(
     from featcache.runners.classification import run_knn
 
     records = run_knn(
-        _store(store), backbone, dataset, ks=_int_list(k, "--k"), temperature=temperature,
-        train_split=train_split, test_split=test_split, device=device,
+        _store(store),
+        backbone,
+        dataset,
+        ks=_int_list(k, "--k"),
+        temperature=temperature,
+        train_split=train_split,
+        test_split=test_split,
+        device=device,
     )
     _print_records(records, as_json)
 
@@ -310,9 +317,18 @@ def probe_cmd(
     if fraction is not None and shots is not None:
         raise typer.BadParameter("pass --fraction or --shots, not both")
     records = run_probe(
-        _store(store), backbone, dataset, fraction=fraction, shots=shots, seed=seed,
-        backend=backend.value, device=device, train_split=train_split, test_split=test_split,
-        val_split=val_split, eval_on=eval_on or (),
+        _store(store),
+        backbone,
+        dataset,
+        fraction=fraction,
+        shots=shots,
+        seed=seed,
+        backend=backend.value,
+        device=device,
+        train_split=train_split,
+        test_split=test_split,
+        val_split=val_split,
+        eval_on=eval_on or (),
     )
     _print_records(records, as_json)
 
@@ -321,7 +337,9 @@ def probe_cmd(
 def calibrate_cmd(
     backbone: BackboneOpt,
     dataset: DatasetOpt,
-    run: Annotated[str, typer.Option(help="Probe run: full, frac0.1-seed0, shots10-seed0.")] = "full",
+    run: Annotated[
+        str, typer.Option(help="Probe run: full, frac0.1-seed0, shots10-seed0.")
+    ] = "full",
     n_bins: Annotated[int, typer.Option(help="Equal-width confidence bins.")] = 15,
     temperature_scale: Annotated[
         bool, typer.Option(help="Fit a temperature on the probe's validation logits first.")
@@ -334,8 +352,13 @@ def calibrate_cmd(
     from featcache.runners.classification import run_calibration
 
     records = run_calibration(
-        _store(store), backbone, dataset, run=run, n_bins=n_bins,
-        temperature_scale=temperature_scale, plot=None if plot is None else str(plot),
+        _store(store),
+        backbone,
+        dataset,
+        run=run,
+        n_bins=n_bins,
+        temperature_scale=temperature_scale,
+        plot=None if plot is None else str(plot),
     )
     _print_records(records, as_json)
 
@@ -371,10 +394,15 @@ def retrieve_cmd(
     from featcache.runners.retrieval import run_retrieval
 
     records = run_retrieval(
-        _store(store), backbone, dataset,
+        _store(store),
+        backbone,
+        dataset,
         protocols=[p.strip() for p in protocol.split(",") if p.strip()],
-        query_crop=query_crop.value, ks=_int_list(k, "--k"), top_k=top_k,
-        query_split=query_split, gallery_split=gallery_split,
+        query_crop=query_crop.value,
+        ks=_int_list(k, "--k"),
+        top_k=top_k,
+        query_split=query_split,
+        gallery_split=gallery_split,
     )
     _print_records(records, as_json)
 
@@ -442,9 +470,7 @@ def correlate_cmd(
     scatter: Annotated[
         str | None, typer.Option(help="TASK_X,TASK_Y: a two-task scatter (paper Fig. 1).")
     ] = None,
-    scatter_plot: Annotated[Path, typer.Option(help="Where --scatter goes.")] = Path(
-        "scatter.png"
-    ),
+    scatter_plot: Annotated[Path, typer.Option(help="Where --scatter goes.")] = Path("scatter.png"),
     store: StoreOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -503,8 +529,9 @@ def _batch_size(text: str) -> int | str:
     except ValueError:
         value = 0
     if value < 1:
-        raise typer.BadParameter(f"expected a positive integer or auto, got {text!r}",
-                                 param_hint="--batch-size")
+        raise typer.BadParameter(
+            f"expected a positive integer or auto, got {text!r}", param_hint="--batch-size"
+        )
     return value
 
 
@@ -514,7 +541,9 @@ def extract_cmd(
         list[str], typer.Option(help="Catalog name or alias (repeatable); see `bobx backbones`.")
     ],
     dataset: Annotated[str, typer.Option(help="Dataset; see `bobx datasets`.")] = "digits",
-    split: Annotated[list[str] | None, typer.Option(help="Split (repeatable; default all).")] = None,
+    split: Annotated[
+        list[str] | None, typer.Option(help="Split (repeatable; default all).")
+    ] = None,
     data_root: Annotated[Path | None, typer.Option(help="Directory of the dataset.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:i].")] = "auto",
     batch_size: Annotated[str, typer.Option(help="Images per forward, or auto.")] = "64",
@@ -528,8 +557,10 @@ def extract_cmd(
     seed: Annotated[int | None, typer.Option(help="Seed of --weights random.")] = None,
     layer: Annotated[
         str | None,
-        typer.Option(help="Feature point: pooled, cls, patch_mean or block:<i> (stored as "
-                     "<backbone>@<point>, e.g. dino_vitb_in1k@block-4)."),
+        typer.Option(
+            help="Feature point: pooled, cls, patch_mean or block:<i> (stored as "
+            "<backbone>@<point>, e.g. dino_vitb_in1k@block-4)."
+        ),
     ] = None,
     limit: Annotated[int | None, typer.Option(help="Only the first N images per split.")] = None,
     shard_index: Annotated[int, typer.Option(help="This shard (0-based).")] = 0,
@@ -553,12 +584,27 @@ def extract_cmd(
     st, results = _store(store), []
     for name in backbone:
         results += extract(
-            st, name, dataset, splits=split, data_root=data_root, device=device,
-            batch_size=_batch_size(batch_size), num_workers=num_workers,
-            precision=precision.value, weights=weights, seed=seed, layer=layer, limit=limit,
-            shard_index=shard_index, num_shards=num_shards, overwrite=overwrite,
-            on_bad_image=on_bad_image.value, query_crop=query_crop.value, dtype=dtype.value,
-            chunk_rows=chunk_rows, progress=progress and not as_json,
+            st,
+            name,
+            dataset,
+            splits=split,
+            data_root=data_root,
+            device=device,
+            batch_size=_batch_size(batch_size),
+            num_workers=num_workers,
+            precision=precision.value,
+            weights=weights,
+            seed=seed,
+            layer=layer,
+            limit=limit,
+            shard_index=shard_index,
+            num_shards=num_shards,
+            overwrite=overwrite,
+            on_bad_image=on_bad_image.value,
+            query_crop=query_crop.value,
+            dtype=dtype.value,
+            chunk_rows=chunk_rows,
+            progress=progress and not as_json,
         )
     if as_json:
         _echo_json([r.to_dict() for r in results])
@@ -566,8 +612,10 @@ def extract_cmd(
     for r in results:
         rate = f", {r.images_per_s:,.1f} img/s" if r.images_per_s else ""
         bad = f", {r.n_invalid} invalid" if r.n_invalid else ""
-        typer.echo(f"{r.backbone}/{r.dataset}/{r.split}: {r.status} ({r.n} x {r.dim}; "
-                   f"{r.chunks_written}/{r.chunks_total} chunks written{rate}{bad})")
+        typer.echo(
+            f"{r.backbone}/{r.dataset}/{r.split}: {r.status} ({r.n} x {r.dim}; "
+            f"{r.chunks_written}/{r.chunks_total} chunks written{rate}{bad})"
+        )
 
 
 @app.command("backbones")
@@ -585,13 +633,20 @@ def backbones_cmd(
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("name", "library", "family", "style", "pretrain data", "params M", "res",
-                  "dim", "ok")
+    table = Table(
+        "name", "library", "family", "style", "pretrain data", "params M", "res", "dim", "ok"
+    )
     for s in specs:
         table.add_row(
-            s.name, f"{s.source}:{s.library_name}", s.family, s.style, s.pretrain_data or "-",
-            "-" if s.params_m is None else f"{s.params_m:g}", str(s.resolution or "-"),
-            str(s.feature_dim or "-"), "yes" if s.available else "no",
+            s.name,
+            f"{s.source}:{s.library_name}",
+            s.family,
+            s.style,
+            s.pretrain_data or "-",
+            "-" if s.params_m is None else f"{s.params_m:g}",
+            str(s.resolution or "-"),
+            str(s.feature_dim or "-"),
+            "yes" if s.available else "no",
         )
     console = Console(width=None if sys.stdout.isatty() else 200)
     console.print(table)
@@ -615,8 +670,13 @@ def datasets_cmd(as_json: JsonOpt = False) -> None:
     table = Table("name", "format", "splits", "classes", "task", "data root", "description")
     for s in specs:
         table.add_row(
-            s.name, s.format, ", ".join(s.splits), str(s.num_classes or "-"), s.task,
-            f"${s.root_env}" if s.root_env else "built in", s.description,
+            s.name,
+            s.format,
+            ", ".join(s.splits),
+            str(s.num_classes or "-"),
+            s.task,
+            f"${s.root_env}" if s.root_env else "built in",
+            s.description,
         )
     Console(width=None if sys.stdout.isatty() else 200).print(table)
 
