@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 
 from evaluators._search import as_labels, exact_topk
-from featcache.errors import ShapeError
+from featcache.errors import ShapeError, UnknownNameError
 
-__all__ = ["DEFAULT_KS", "HIGHER_IS_BETTER", "knn_classify", "metric_key"]
+__all__ = ["DEFAULT_KS", "HIGHER_IS_BETTER", "higher_is_better", "knn_classify", "metric_key"]
 
 DEFAULT_KS = (10, 20, 100, 200)
 
@@ -42,6 +42,14 @@ _VOTE_CHUNK = 4096
 def metric_key(base: str, k: int) -> str:
     """Result key of a per-k metric, e.g. ``metric_key("top1", 20) == "top1_k20"``."""
     return f"{base}_k{int(k)}"
+
+
+def higher_is_better(name: str) -> bool:
+    """Direction of any metric name :func:`knn_classify` returns (``"top1_k37"`` -> True)."""
+    base = name.split("_k", 1)[0]
+    if base not in ("top1", "top5"):
+        raise UnknownNameError("kNN metric", name, HIGHER_IS_BETTER)
+    return HIGHER_IS_BETTER[base]
 
 
 def knn_classify(

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from evaluators._search import exact_topk
-from evaluators.knn import HIGHER_IS_BETTER, knn_classify
+from evaluators.knn import HIGHER_IS_BETTER, higher_is_better, knn_classify
 from featcache.errors import DataError, ShapeError, UnavailableError, UnknownNameError
 
 # ----------------------------------------------------------------------------- oracles
@@ -256,6 +256,9 @@ def test_knn_result_keys_and_directions(tie_problem):
     metric_keys = {k for k in out if k.startswith("top")}
     assert metric_keys == {f"top{t}_k{k}" for t in (1, 5) for k in (10, 20, 100, 200)}
     assert all(HIGHER_IS_BETTER[k] for k in metric_keys)
+    assert higher_is_better("top5_k37") is True
+    with pytest.raises(UnknownNameError, match="Did you mean"):
+        higher_is_better("top_k20")
     assert out["n_train"] == 300 and out["n_test"] == 70 and out["num_classes"] == 7
 
 
