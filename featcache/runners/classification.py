@@ -180,6 +180,7 @@ def run_probe(
     seed: int = 0,
     backend: str = "auto",
     device: str = "cpu",
+    dtype: str = "float64",
     c_grid: Sequence[float] | None = None,
     train_split: str = "train",
     test_split: str | None = None,
@@ -213,6 +214,7 @@ def run_probe(
             shots=shots,
             backend=backend,
             device=device,
+            dtype=dtype,
         )
         params: dict[str, Any] = {
             "protocol": PROBE_PROTOCOL,
@@ -222,6 +224,7 @@ def run_probe(
             "seed": seed,
             "c_grid": "10**linspace(-6,5,45)" if c_grid is None else [float(c) for c in c_grid],
             "backend": out["backend"],
+            "dtype": dtype,
             "train_split": train_split,
         }
         names = ["macro_auc"] if out["multilabel"] else ["top1", "top5", "mean_per_class_recall"]
