@@ -202,6 +202,23 @@ def check_feature(feature: str, *, where: str = "feature") -> str:
     return feature
 
 
+def _seed(fields: Mapping[str, Any], source: str, name: str) -> int:
+    seed = fields.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise _problem(source, name, "'seed' must be a non-negative integer.")
+    return seed
+
+
+def _aliases(fields: Mapping[str, Any], source: str, name: str) -> tuple[str, ...]:
+    aliases = _str_list(fields, "aliases", source, name)
+    for alias in aliases:
+        try:
+            validate_name(alias, "backbone alias")
+        except BobxError as exc:
+            raise _problem(source, name, str(exc)) from exc
+    return aliases
+
+
 def spec_from_fields(name: str, fields: Mapping[str, Any]) -> BackboneSpec:
     """Validate raw manifest fields of a non-derived entry into a :class:`BackboneSpec`."""
     source_file = str(fields.get("_source", "<python>"))
@@ -264,15 +281,8 @@ def spec_from_fields(name: str, fields: Mapping[str, Any]) -> BackboneSpec:
             name,
             "source 'diffusers' is not implemented; mark it available: false with the reason.",
         )
-    seed = fields.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise _problem(source_file, name, "'seed' must be a non-negative integer.")
-    aliases = _str_list(fields, "aliases", source_file, name)
-    for alias in aliases:
-        try:
-            validate_name(alias, "backbone alias")
-        except BobxError as exc:
-            raise _problem(source_file, name, str(exc)) from exc
+    seed = _seed(fields, source_file, name)
+    aliases = _aliases(fields, source_file, name)
     notes = fields.get("notes", "")
     if not isinstance(notes, str):
         raise _problem(source_file, name, "'notes' must be a string.")
@@ -318,15 +328,8 @@ def random_variant(base: BackboneSpec, name: str, fields: Mapping[str, Any]) -> 
             name,
             f"a random_init_of entry may only set {', '.join(_DERIVED_FIELDS)}, not {extra[0]!r}.",
         )
-    aliases = _str_list(fields, "aliases", source_file, name)
-    for alias in aliases:
-        try:
-            validate_name(alias, "backbone alias")
-        except BobxError as exc:
-            raise _problem(source_file, name, str(exc)) from exc
-    seed = fields.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise _problem(source_file, name, "'seed' must be a non-negative integer.")
+    aliases = _aliases(fields, source_file, name)
+    seed = _seed(fields, source_file, name)
     available, reason = _availability(fields, source_file, name)
     notes = fields.get("notes") or (
         f"Random initialisation (seed {seed}) of the {base.arch} architecture of {base.name}."
