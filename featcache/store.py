@@ -502,6 +502,17 @@ class Store:
     def has_features(self, backbone: str, dataset: str, split: str) -> bool:
         return self.objects.exists(f"{_fs_key(backbone, dataset, split)}/_bobx/complete.json")
 
+    def complete_splits(self, backbone: str, dataset: str) -> list[str]:
+        """Splits of one (backbone, dataset) that are published complete (one listing)."""
+        folder = "/".join(
+            ("features", validate_name(backbone, "backbone"), validate_name(dataset, "dataset"))
+        )
+        return [
+            split
+            for split in self.objects.list_groups(folder)
+            if self.has_features(backbone, dataset, split)
+        ]
+
     def list_features(self) -> list[FeatureSetInfo]:
         out = []
         for backbone in self.objects.list_groups("features"):

@@ -45,19 +45,11 @@ def resolve_backbones(store: Store, backbone: str, dataset: str) -> list[str]:
     return found
 
 
-def _splits_of(store: Store, backbone: str, dataset: str) -> list[str]:
-    return [
-        i.split
-        for i in store.list_features()
-        if i.backbone == backbone and i.dataset == dataset and i.status == "complete"
-    ]
-
-
 def pick_test_split(store: Store, backbone: str, dataset: str, test_split: str | None) -> str:
     """The requested split, else ``test``, else ``val`` (ImageNet's test set is its val)."""
     if test_split:
         return test_split
-    have = _splits_of(store, backbone, dataset)
+    have = store.complete_splits(backbone, dataset)
     for name in ("test", "val", "real"):
         if name in have:
             return name
@@ -195,8 +187,8 @@ def run_probe(
     for bb in resolve_backbones(store, backbone, dataset):
         train = store.features(bb, dataset, train_split)
         test = store.features(bb, dataset, pick_test_split(store, bb, dataset, test_split))
-        have = _splits_of(store, bb, dataset)
-        official_val = val_split or ("val" if "val" in have and test.split != "val" else None)
+        has_val = test.split != "val" and store.has_features(bb, dataset, "val")
+        official_val = val_split or ("val" if has_val else None)
         val = store.features(bb, dataset, official_val) if official_val else None
         tx, ty, _ = train.load()
         sx, sy, _ = test.load()

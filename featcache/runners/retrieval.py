@@ -19,7 +19,7 @@ from typing import Any
 
 from featcache.errors import BobxError, DataError, UnknownNameError
 from featcache.records import Record, make_record
-from featcache.runners.classification import _splits_of, pair_key, resolve_backbones
+from featcache.runners.classification import pair_key, resolve_backbones
 from featcache.store import FeatureSet, Store
 
 SETTINGS = ("easy", "medium", "hard")
@@ -120,7 +120,7 @@ def _label(
 ) -> list[Record]:
     from evaluators.retrieval import higher_is_better, label_retrieval
 
-    have = _splits_of(store, backbone, dataset)
+    have = store.complete_splits(backbone, dataset)
     if query_split is None and gallery_split is None and {"query", "gallery"} <= set(have):
         query_split, gallery_split = "query", "gallery"
     if gallery_split is None or gallery_split == query_split:
