@@ -24,9 +24,9 @@ Documented choices and deviations:
   evaluates loss and gradient with torch (CPU or CUDA; float64 by default,
   float32 optional) and drives scipy's L-BFGS-B with sklearn's settings (memory
   10, 50 line-search steps, ``gtol=tol``, ``ftol=64 * eps``), warm-starting each
-  C from the previous solution along the ascending C path. Warm starts change
-  where the optimiser starts, not the optimum; with ``dtype="float32"`` the
-  ``ftol`` rule becomes ``eps(float32)``. ``"cuml"`` uses cuML's L-BFGS (GPU)
+  C along the ascending C path (the parabola through the three previous
+  solutions, extrapolated in log C). Warm starts change where the optimiser starts, not the
+  optimum; with ``dtype="float32"`` the ``ftol`` rule becomes ``eps(float32)``. ``"cuml"`` uses cuML's L-BFGS (GPU)
   when importable (``penalty_normalized=True``: sklearn's C).
 * Features are not standardised (the protocol's objective is on raw features).
 * ``sweep_patience`` (off by default) stops the sweep after that many C values
@@ -399,38 +399,40 @@ class _TorchBackend:
             target = torch.as_tensor(t, dtype=torch.long, device=self.device)
         else:
             target = torch.as_tensor(t, dtype=self.dtype, device=self.device)
-        rows = torch.arange(n, device=self.device)
-        # rows per chunk: bounds the (chunk, m) logit matrix (the only O(n * m) buffer)
+        cols = torch.arange(n, device=self.device)
+        # samples per chunk: bounds the (m, chunk) logit matrix (the only O(n * m) buffer)
         chunk = max(1, (1 << (27 if self.device.type == "cuda" else 24)) // max(m, 1))
         reg = 1.0 / (C * n)
 
         def loss_grad(theta_np: np.ndarray) -> tuple[float, np.ndarray]:
             theta = torch.as_tensor(theta_np, device=self.device).to(self.dtype).view(m, dim + 1)
-            W, b = theta[:, :dim], theta[:, dim]
+            W, b = theta[:, :dim], theta[:, dim:]
             loss = torch.zeros((), dtype=torch.float64, device=self.device)
             gW = gb = None
             for a in range(0, n, chunk):
                 Xc = X[a : a + chunk]
-                Z = torch.addmm(b, Xc, W.T)
+                # class-major logits (m, chunk): W @ X^T runs ~1.9x faster than X @ W^T
+                # in float64 on the CPU (MKL), and the gradient G^T X below reads G as is
+                Z = torch.addmm(b, W, Xc.T)
                 if task.mode == "softmax":
                     yc = target[a : a + chunk]
-                    r = rows[: Z.shape[0]]
+                    c = cols[: Z.shape[1]]
                     # CE = log sum_c e^(z_c - max) - (z_y - max); one exp pass serves the
                     # loss and the gradient softmax(z) - onehot(y)
-                    Z -= Z.amax(dim=1, keepdim=True)
+                    Z -= Z.amax(dim=0, keepdim=True)
                     E = torch.exp(Z)
-                    s = E.sum(dim=1)
-                    loss += (torch.log(s) - Z[r, yc]).sum(dtype=torch.float64)
-                    G = E.div_(s[:, None])
-                    G[r, yc] -= 1.0
+                    s = E.sum(dim=0)
+                    loss += (torch.log(s) - Z[yc, c]).sum(dtype=torch.float64)
+                    G = E.div_(s)
+                    G[yc, c] -= 1.0
                 else:
-                    Yc = target[a : a + chunk]
+                    Yc = target[a : a + chunk].T
                     # log(1 + e^z) - y z, computed stably
                     sp = Z.clamp(min=0) + torch.log1p(torch.exp(-Z.abs()))
                     loss += (sp - Yc * Z).sum(dtype=torch.float64)
                     G = torch.sigmoid(Z).sub_(Yc)
-                gW = G.T @ Xc if gW is None else gW.addmm_(G.T, Xc)
-                gb = G.sum(dim=0) if gb is None else gb + G.sum(dim=0)
+                gW = G @ Xc if gW is None else gW.addmm_(G, Xc)
+                gb = G.sum(dim=1) if gb is None else gb + G.sum(dim=1)
             assert gW is not None and gb is not None
             loss = loss / n + 0.5 * reg * (W.double() ** 2).sum()
             grad = torch.cat([gW / n + reg * W, (gb / n)[:, None]], dim=1)
@@ -456,29 +458,31 @@ class _TorchBackend:
 
     @contextlib.contextmanager
     def _runtime(self, work: int) -> Iterator[None]:
-        """One CPU thread for small problems; full float32 matmul precision on CUDA.
+        """Thread pools for one fit; full float32 matmul precision on CUDA.
 
-        An evaluation of a small problem takes well under a millisecond; waking a
-        thread pool for it costs more than it saves, and on a busy machine far more
-        (10x measured). Large problems keep every thread.
+        scipy's L-BFGS-B does its vector updates with numpy's and scipy's own
+        OpenBLAS pools while torch runs the matmuls in its pool. With several pools
+        busy-waiting on the same cores, a float64 fit measured 3-4x slower on a
+        2-core machine; the vector updates are tiny, so the BLAS pools get one
+        thread. Small problems (an evaluation well under a millisecond) also run
+        torch single-threaded: waking a pool costs more than it saves.
         """
+        from threadpoolctl import threadpool_limits
+
         if self.device.type != "cpu":  # no TF32: gradients must be float32-exact
             precision = self.torch.get_float32_matmul_precision()
             self.torch.set_float32_matmul_precision("highest")
             try:
-                yield
+                with threadpool_limits(1, user_api="blas"):
+                    yield
             finally:
                 self.torch.set_float32_matmul_precision(precision)
             return
-        if work >= _SMALL_WORK:
-            yield
-            return
-        from threadpoolctl import threadpool_limits
-
         before = self.torch.get_num_threads()
-        self.torch.set_num_threads(1)
+        if work < _SMALL_WORK:
+            self.torch.set_num_threads(1)
         try:
-            with threadpool_limits(1):
+            with threadpool_limits(1, user_api="blas"):
                 yield
         finally:
             self.torch.set_num_threads(before)
@@ -637,11 +641,11 @@ def linear_probe(
     sweep: list[tuple[float, float]] = []
     best: tuple[float, float, _Fit] | None = None
     since_best = 0
-    prev: _Fit | None = None
+    path: list[tuple[float, np.ndarray]] = []  # (log C, parameters) of the last three fits
     for C in grid:
-        init = _TorchBackend.init_from(prev) if (model.warm and prev is not None) else None
+        init = _path_start(path, math.log(C)) if model.warm else None
         fit = model.fit(fit_x, task, target, C, init)
-        prev = fit
+        path = [*path[-2:], (math.log(C), _TorchBackend.init_from(fit))]
         w, b = _expand(task, fit.w, fit.b, n_classes, train_x.shape[1])
         score = _val_score(sel_x @ w.T + b, sel_y, multilabel)
         sweep.append((float(C), score))
@@ -713,6 +717,24 @@ def linear_probe(
         converged=final.converged,
     )
     return out
+
+
+def _path_start(path: list[tuple[float, np.ndarray]], log_c: float) -> np.ndarray | None:
+    """Warm start for the next C: the solution path extrapolated in log C.
+
+    The optimum moves smoothly with log C, so the polynomial through the last
+    (up to three) solutions, evaluated at the next log C, starts much closer than
+    the last solution alone. Measured on the 45-point protocol grid (5k x 768,
+    100 classes): 1,454 L-BFGS iterations from the last solution, 922 with the
+    line through two, 714 with the parabola through three. Only the start changes.
+    """
+    if not path:
+        return None
+    start = np.zeros_like(path[-1][1])
+    for j, (lj, pj) in enumerate(path):  # Lagrange basis weights at log_c
+        weight = math.prod((log_c - lm) / (lj - lm) for m, (lm, _) in enumerate(path) if m != j)
+        start += weight * pj
+    return start
 
 
 def _val_score(logits: np.ndarray, y: np.ndarray, multilabel: bool) -> float:

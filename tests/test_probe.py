@@ -243,3 +243,17 @@ def test_torch_backend_on_cuda_equals_cpu(problem, fits):
     cpu = fits["torch"]
     assert gpu["C"] == cpu["C"] and gpu["top1"] == pytest.approx(cpu["top1"], abs=0.003)
     np.testing.assert_allclose(gpu["weights"], cpu["weights"], rtol=1e-4, atol=1e-5)
+
+
+def test_warm_start_extrapolates_the_solution_path_in_log_c():
+    from evaluators.probe import _path_start
+
+    # the parabola through the last three solutions, one-point and two-point cases too
+    def sol(t):
+        return np.array([[1.0 + 2 * t - 0.5 * t**2, -t]])
+
+    assert _path_start([], 0.0) is None
+    np.testing.assert_allclose(_path_start([(0.0, sol(0.0))], 7.0), sol(0.0))
+    np.testing.assert_allclose(_path_start([(0.0, sol(0.0)), (0.5, sol(0.5))], 1.0)[0, 1], -1.0)
+    path = [(t, sol(t)) for t in (-1.0, 0.25, 1.5)]
+    np.testing.assert_allclose(_path_start(path, 2.75), sol(2.75))
