@@ -254,6 +254,11 @@ def _int_list(text: str, option: str) -> list[int]:
     return values
 
 
+class ProbeProtocol(StrEnum):
+    dinov2 = "dinov2"
+    clip_benchmark = "clip_benchmark"
+
+
 class ProbeBackend(StrEnum):
     auto = "auto"
     sklearn = "sklearn"
@@ -312,10 +317,17 @@ def probe_cmd(
     val_split: Annotated[
         str | None, typer.Option(help="Official val split to choose C (default: val if cached).")
     ] = None,
+    protocol: Annotated[
+        ProbeProtocol,
+        typer.Option(help="dinov2: L-BFGS over 45 C; clip_benchmark: AdamW over weight decay."),
+    ] = ProbeProtocol.dinov2,
+    lr: Annotated[float, typer.Option(help="clip_benchmark: AdamW learning rate.")] = 0.1,
+    epochs: Annotated[int, typer.Option(help="clip_benchmark: training epochs.")] = 10,
+    batch_size: Annotated[int, typer.Option(help="clip_benchmark: mini-batch size.")] = 64,
     store: StoreOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Logistic-regression linear probe (DINOv2 protocol: 45-value C sweep, refit)."""
+    """Linear probe: DINOv2 logistic regression (45-value C sweep, refit) or CLIP_benchmark."""
     from featcache.runners.classification import run_probe
 
     if fraction is not None and shots is not None:
@@ -334,6 +346,10 @@ def probe_cmd(
         test_split=test_split,
         val_split=val_split,
         eval_on=eval_on or (),
+        protocol=protocol.value,
+        lr=lr,
+        epochs=epochs,
+        batch_size=batch_size,
     )
     _print_records(records, as_json)
 

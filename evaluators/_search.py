@@ -130,11 +130,7 @@ def exact_topk(
     if not isinstance(block_rows, int | np.integer) or block_rows < 1:
         raise ShapeError(f"block_rows must be a positive integer, got {block_rows!r}.")
     k = int(k)
-    q = _as_float32_2d(queries, "queries")
-    _check_finite(q, "queries")
-    if metric == "cosine":
-        q = l2_normalize(q)
-    q = np.ascontiguousarray(q)
+    q = _searchable(_as_float32_2d(queries, "queries"), metric, "queries")
     nq, dim = q.shape
 
     search = _TorchBlockSearch(q, "cuda") if device == "cuda" else _CpuBlockSearch(q)
@@ -150,10 +146,7 @@ def exact_topk(
             )
         if b.shape[0] == 0:
             continue
-        _check_finite(b, f"database rows {offset}..{offset + b.shape[0] - 1}")
-        if metric == "cosine":
-            b = l2_normalize(b)
-        b = np.ascontiguousarray(b)
+        b = _searchable(b, metric, f"database rows {offset}..{offset + b.shape[0] - 1}")
         s, i = search.block_topk(b, k)
         best_s, best_i = _merge(best_s, best_i, s, i + offset, k)
         offset += b.shape[0]
@@ -184,6 +177,22 @@ def _check_finite(x: np.ndarray, what: str) -> None:
             f"{what} contain NaN or infinite values; re-extract the features or drop "
             "those rows before searching."
         )
+
+
+def _searchable(x: np.ndarray, metric: str, what: str) -> np.ndarray:
+    """Check a float32 block for NaN / inf and prepare it for search (C-contiguous).
+
+    ``"cosine"``: rows are L2-normalised exactly as :func:`l2_normalize` does, and
+    the float64 row norms double as the finiteness check (a norm is finite iff
+    every entry of its row is), which saves a pass over the block.
+    """
+    if metric != "cosine":
+        _check_finite(x, what)
+        return np.ascontiguousarray(x)
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
+    _check_finite(norms, what)
+    norms32 = np.maximum(norms.astype(np.float32), np.float32(1e-12))
+    return np.ascontiguousarray(x / norms32[:, None])
 
 
 def _iter_blocks(database: Any, block_rows: int) -> Iterator[Any]:

@@ -49,8 +49,10 @@ from featcache.errors import BobxError, ShapeError, UnavailableError, UnknownNam
 
 __all__ = [
     "BACKENDS",
+    "CLIP_WD_GRID",
     "DEFAULT_C_GRID",
     "HIGHER_IS_BETTER",
+    "PROTOCOLS",
     "linear_probe",
     "sample_fraction",
     "sample_shots",
@@ -60,6 +62,12 @@ __all__ = [
 #: The DINOv2 sweep: 45 values of C, ``10 ** linspace(-6, 5, 45)``.
 DEFAULT_C_GRID: np.ndarray = 10.0 ** np.linspace(-6, 5, 45)
 BACKENDS = ("auto", "sklearn", "torch", "cuml")
+#: ``"dinov2"``: L-BFGS logistic regression over a C grid (the default);
+#: ``"clip_benchmark"``: AdamW linear layer over a coarse-to-fine weight-decay grid.
+PROTOCOLS = ("dinov2", "clip_benchmark")
+#: CLIP_benchmark's weight-decay grid, ``logspace(-6, 2, 97)``, and its coarse points.
+CLIP_WD_GRID: np.ndarray = np.logspace(-6, 2, 97)
+CLIP_WD_COARSE = tuple(range(0, 97, 16))  # indices 0, 16, ..., 96
 _DTYPES = ("float64", "float32")
 # Multiply-adds per logit evaluation (n * d * outputs) below which the torch backend
 # runs single-threaded on the CPU (see _TorchBackend._runtime).
@@ -173,7 +181,9 @@ class _Task:
     multilabel: bool
 
 
-def _encode(y: np.ndarray, multilabel: bool) -> tuple[_Task, np.ndarray]:
+def _encode(
+    y: np.ndarray, multilabel: bool, binary_softmax: bool = False
+) -> tuple[_Task, np.ndarray]:
     if multilabel:
         return _Task("sigmoid", y.shape[1], np.arange(y.shape[1]), True), y.astype(np.float64)
     classes = np.unique(y)
@@ -183,7 +193,7 @@ def _encode(y: np.ndarray, multilabel: bool) -> tuple[_Task, np.ndarray]:
             "at least two. Check the labels or use a larger fraction / more shots."
         )
     compact = np.searchsorted(classes, y)
-    if classes.size == 2:
+    if classes.size == 2 and not binary_softmax:
         return _Task("sigmoid", 1, classes, False), (compact == 1).astype(np.float64)[:, None]
     return _Task("softmax", classes.size, classes, False), compact
 
@@ -492,6 +502,97 @@ class _TorchBackend:
         return np.concatenate([fit.w, fit.b[:, None]], axis=1)
 
 
+class _AdamWBackend:
+    """CLIP_benchmark's probe: ``nn.Linear`` trained with AdamW on mini-batches.
+
+    Per fit: ``torch.manual_seed(seed)`` then the default ``nn.Linear`` init;
+    AdamW (betas 0.9/0.999, eps 1e-8, decoupled weight decay on every parameter);
+    mean cross-entropy; a cosine learning-rate schedule without warmup over
+    ``epochs * ceil(n / batch_size)`` steps, set before each step; each epoch a
+    fresh permutation drawn the way ``DataLoader(shuffle=True)`` draws it from
+    the seeded global generator (last batch kept). The global torch RNG state is
+    restored afterwards. Float32 throughout (CLIP_benchmark uses CUDA autocast).
+    """
+
+    name = "adamw"
+    warm = False
+
+    def __init__(self, *, lr: float, epochs: int, batch_size: int, seed: int, device: str) -> None:
+        import torch
+
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise UnavailableError("device='cuda' was requested but no CUDA GPU is visible.")
+        for name, value in (("lr", lr), ("epochs", epochs), ("batch_size", batch_size)):
+            if not (np.isfinite(value) and value > 0):
+                raise ProbeError(f"{name} must be positive, got {value!r}.")
+        self.torch, self.device = torch, torch.device(device)
+        self.lr, self.epochs, self.batch_size = float(lr), int(epochs), int(batch_size)
+        self.seed = int(seed)
+
+    def fit(self, x: np.ndarray, task: _Task, t: np.ndarray, wd: float, init: Any = None) -> _Fit:
+        torch = self.torch
+        n, dim = x.shape
+        X = torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32, device=self.device)
+        Y = torch.as_tensor(t, dtype=torch.long, device=self.device)
+        per_epoch = math.ceil(n / self.batch_size)
+        steps = self.epochs * per_epoch
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            layer = torch.nn.Linear(dim, task.n_out).to(self.device)
+            opt = torch.optim.AdamW(layer.parameters(), lr=self.lr, weight_decay=float(wd))
+            loss_fn = torch.nn.CrossEntropyLoss()
+            shuffle = torch.Generator()
+            for epoch in range(self.epochs):
+                # a DataLoader iterator draws its base seed, then its RandomSampler's seed
+                torch.empty((), dtype=torch.int64).random_()
+                shuffle.manual_seed(int(torch.empty((), dtype=torch.int64).random_().item()))
+                order = torch.randperm(n, generator=shuffle).to(self.device)
+                for i in range(per_epoch):
+                    step = epoch * per_epoch + i
+                    for group in opt.param_groups:
+                        group["lr"] = 0.5 * (1 + math.cos(math.pi * step / steps)) * self.lr
+                    batch = order[i * self.batch_size : (i + 1) * self.batch_size]
+                    opt.zero_grad()
+                    loss_fn(layer(X[batch]), Y[batch]).backward()
+                    opt.step()
+        w = layer.weight.detach().double().cpu().numpy()
+        b = layer.bias.detach().double().cpu().numpy()
+        return _Fit(w, b, steps, True)
+
+
+def _clip_sweep(
+    fit_one: Any, score: Any
+) -> tuple[int, list[tuple[float, float]], dict[int, tuple[float, _Fit]]]:
+    """CLIP_benchmark's coarse-to-fine weight-decay search over :data:`CLIP_WD_GRID`.
+
+    The 7 coarse points first, then ``[peak - s, peak, peak + s]`` (clipped to the
+    grid) for ``s = 8, 4, 2, 1``. Within each round the first strictly better
+    validation top-1 wins, starting from index 0 at accuracy 0, as in
+    CLIP_benchmark's ``find_peak``. Fits are deterministic, so each index is
+    fitted once and re-used when a round asks for it again.
+    """
+    done: dict[int, tuple[float, _Fit]] = {}
+    sweep: list[tuple[float, float]] = []
+
+    def find_peak(idxs: Sequence[int]) -> int:
+        best_idx, best_acc = 0, 0.0
+        for idx in idxs:
+            if idx not in done:
+                fit = fit_one(float(CLIP_WD_GRID[idx]))
+                done[idx] = (score(fit), fit)
+                sweep.append((float(CLIP_WD_GRID[idx]), done[idx][0]))
+            if best_acc < done[idx][0]:
+                best_idx, best_acc = idx, done[idx][0]
+        return best_idx
+
+    peak = find_peak(CLIP_WD_COARSE)
+    span = 8
+    while span > 0:
+        peak = find_peak([max(peak - span, 0), peak, min(peak + span, CLIP_WD_GRID.size - 1)])
+        span //= 2
+    return peak, sweep, done  # index 0 is a coarse point: the peak is always fitted
+
+
 _BACKEND_CLASSES: dict[str, type] = {
     "sklearn": _SklearnBackend,
     "torch": _TorchBackend,
@@ -537,8 +638,12 @@ def linear_probe(
     tol: float = 1e-12,
     num_classes: int | None = None,
     sweep_patience: int | None = None,
+    protocol: str = "dinov2",
+    lr: float = 0.1,
+    epochs: int = 10,
+    batch_size: int = 64,
 ) -> dict[str, Any]:
-    """Fit and evaluate a logistic-regression probe with the DINOv2 protocol.
+    """Fit and evaluate a linear probe: DINOv2 logistic regression (default) or CLIP_benchmark.
 
     Parameters
     ----------
@@ -575,6 +680,16 @@ def linear_probe(
     sweep_patience : int, optional, keyword-only
         Stop the sweep after this many C values without a better validation
         score (deviation from the protocol; default None = full sweep).
+    protocol : {"dinov2", "clip_benchmark"}, keyword-only
+        ``"clip_benchmark"``: features are L2-normalised and a linear layer is
+        trained with AdamW (``lr``, ``epochs``, ``batch_size``; defaults 0.1, 10,
+        64 as in CLIP_benchmark) for each weight decay of its coarse-to-fine
+        search over ``logspace(-6, 2, 97)`` (19 fits, fewer when points repeat),
+        chosen on validation top-1; single-label only. ``backend``, ``dtype``,
+        ``c_grid``, ``max_iter``, ``tol`` and ``sweep_patience`` belong to the
+        DINOv2 protocol and must stay at their defaults.
+    lr, epochs, batch_size : keyword-only
+        CLIP_benchmark protocol only.
 
     Returns
     -------
@@ -583,8 +698,10 @@ def linear_probe(
         single-label ``"top1"``, ``"top5"``, ``"mean_per_class_recall"`` on test and
         ``"val_top1"`` at the chosen C; multi-label ``"macro_auc"`` and
         ``"val_macro_auc"``.
-        Model: ``"C"`` (float), ``"sweep"`` (list of ``(C, val_score)`` tuples, the
-        val score being top-1, or macro AUC for multi-label), ``"weights"``
+        Model: ``"C"`` (float; None for CLIP_benchmark), ``"weight_decay"``
+        (CLIP_benchmark's choice; None for DINOv2), ``"sweep"`` (list of
+        ``(C or weight decay, val_score)`` tuples in fitting order, the val score
+        being top-1, or macro AUC for multi-label), ``"weights"``
         (n_classes, d) and ``"bias"`` (n_classes,) float64 ndarrays,
         ``"test_logits"`` and ``"test_probs"`` (n_test, n_classes) ndarrays
         (softmax, or per-label sigmoid for multi-label).
@@ -594,7 +711,10 @@ def linear_probe(
         ``"n_fit"``, ``"n_val"``, ``"num_classes"``, ``"multilabel"``, ``"backend"``,
         ``"device"``, ``"dtype"``, ``"max_iter"``, ``"tol"``, ``"seed"``,
         ``"holdout"``, ``"fraction"``, ``"shots"``, ``"sweep_patience"``,
-        ``"n_iter"`` and ``"converged"`` (final fit).
+        ``"protocol"``, ``"l2_normalized"`` (True when the weights apply to
+        L2-normalised features: CLIP_benchmark), ``"lr"``, ``"epochs"``,
+        ``"batch_size"`` (the last three None for DINOv2), ``"n_iter"`` (L-BFGS iterations or AdamW steps) and
+        ``"converged"`` (final fit).
     """
     train_x, train_y, test_x, test_y, multilabel = _check_xy(train_x, train_y, test_x, test_y)
     if (val_x is None) != (val_y is None):
@@ -609,9 +729,54 @@ def linear_probe(
         raise ProbeError("low-shot sampling is defined for single-label data only.")
     if sweep_patience is not None and sweep_patience < 1:
         raise ProbeError(f"sweep_patience must be a positive integer or None, got {sweep_patience}")
-    grid = _grid(c_grid)
+    if protocol not in PROTOCOLS:
+        raise UnknownNameError("probe protocol", protocol, PROTOCOLS)
+    clip = protocol == "clip_benchmark"
     n_classes = _n_classes(num_classes, multilabel, train_y, test_y, val_y)
-    model = _make_backend(backend, max_iter=max_iter, tol=tol, device=device, dtype=dtype)
+    if clip:
+        changed = [
+            name
+            for name, value, default in (
+                ("backend", backend, "auto"),
+                ("dtype", dtype, "float64"),
+                ("c_grid", c_grid, None),
+                ("max_iter", max_iter, 1000),
+                ("tol", tol, 1e-12),
+                ("sweep_patience", sweep_patience, None),
+            )
+            if value is not default and value != default
+        ]
+        if changed:
+            raise ProbeError(
+                f"{', '.join(changed)} belong to the dinov2 protocol; drop them with "
+                "protocol='clip_benchmark' (its knobs are lr, epochs, batch_size)."
+            )
+        if multilabel:
+            raise ProbeError("protocol='clip_benchmark' is single-label; use protocol='dinov2'.")
+        from evaluators._search import l2_normalize
+
+        train_x, test_x = l2_normalize(train_x), l2_normalize(test_x)
+        val_x = None if val_x is None else l2_normalize(val_x)
+        model: Any = _AdamWBackend(
+            lr=lr, epochs=epochs, batch_size=batch_size, seed=seed, device=device
+        )
+    else:
+        changed = [
+            name
+            for name, value, default in (
+                ("lr", lr, 0.1),
+                ("epochs", epochs, 10),
+                ("batch_size", batch_size, 64),
+            )
+            if value != default
+        ]
+        if changed:
+            raise ProbeError(
+                f"{', '.join(changed)} belong to the clip_benchmark protocol; pass "
+                "protocol='clip_benchmark' or drop them."
+            )
+        grid = _grid(c_grid)
+        model = _make_backend(backend, max_iter=max_iter, tol=tol, device=device, dtype=dtype)
 
     # 1. the selection split
     if val_x is None:
@@ -635,19 +800,27 @@ def linear_probe(
         fit_idx = pool
     low_shot = fraction is not None or shots is not None
 
-    # 3. the C sweep (ascending; warm-started for backends that support it)
+    # 3. the sweep: C ascending (warm-started for backends that support it), or
+    # CLIP_benchmark's coarse-to-fine weight decay
     fit_x = train_x if fit_idx.size == train_x.shape[0] else train_x[fit_idx]  # no copy
-    task, target = _encode(train_y[fit_idx], multilabel)
+    task, target = _encode(train_y[fit_idx], multilabel, binary_softmax=clip)
     sweep: list[tuple[float, float]] = []
     best: tuple[float, float, _Fit] | None = None
     since_best = 0
     path: list[tuple[float, np.ndarray]] = []  # (log C, parameters) of the last three fits
-    for C in grid:
+
+    def val_score(fit: _Fit) -> float:
+        w, b = _expand(task, fit.w, fit.b, n_classes, train_x.shape[1])
+        return _val_score(sel_x @ w.T + b, sel_y, multilabel)
+
+    if clip:
+        peak, sweep, done = _clip_sweep(lambda wd: model.fit(fit_x, task, target, wd), val_score)
+        best = (float(CLIP_WD_GRID[peak]), *done[peak])
+    for C in [] if clip else grid:
         init = _path_start(path, math.log(C)) if model.warm else None
         fit = model.fit(fit_x, task, target, C, init)
         path = [*path[-2:], (math.log(C), _TorchBackend.init_from(fit))]
-        w, b = _expand(task, fit.w, fit.b, n_classes, train_x.shape[1])
-        score = _val_score(sel_x @ w.T + b, sel_y, multilabel)
+        score = val_score(fit)
         sweep.append((float(C), score))
         if best is None or score > best[1]:  # strict: ties keep the smaller C
             best, since_best = (float(C), score, fit), 0
@@ -670,7 +843,7 @@ def linear_probe(
             final_idx = fit_idx
             all_x = np.concatenate([fit_x, np.asarray(val_x, dtype=fit_x.dtype)])
             all_y = np.concatenate([train_y[fit_idx], val_y])
-        task, target = _encode(all_y, multilabel)
+        task, target = _encode(all_y, multilabel, binary_softmax=clip)
         init = _TorchBackend.init_from(best_fit) if model.warm else None
         if model.warm and task.n_out != best_fit.w.shape[0]:
             init = None  # the validation data added a class
@@ -689,7 +862,8 @@ def linear_probe(
         out.update(_single_label_metrics(logits, test_y))
         out["val_top1"] = best_val
     out.update(
-        C=best_C,
+        C=None if clip else best_C,
+        weight_decay=best_C if clip else None,
         sweep=sweep,
         weights=weights,
         bias=bias,
@@ -705,14 +879,19 @@ def linear_probe(
         multilabel=multilabel,
         backend=model.name,
         device=device,
-        dtype=dtype if model.name == "torch" else "float64",
-        max_iter=max_iter,
-        tol=tol,
+        dtype={"torch": dtype, "adamw": "float32"}.get(model.name, "float64"),
+        max_iter=None if clip else max_iter,
+        tol=None if clip else tol,
         seed=seed,
         holdout=holdout if val_x is None else None,
         fraction=fraction,
         shots=shots,
         sweep_patience=sweep_patience,
+        protocol=protocol,
+        l2_normalized=clip,
+        lr=float(lr) if clip else None,
+        epochs=int(epochs) if clip else None,
+        batch_size=int(batch_size) if clip else None,
         n_iter=final.n_iter,
         converged=final.converged,
     )

@@ -133,6 +133,30 @@ def test_digits_extract_evaluate_rank(digits_store):
         )
     )
     assert low[0]["params"]["fraction"] == 0.1 and _value(low, "top1") > 0.2
+    clip = _records(
+        bobx(
+            "probe",
+            "--backbone",
+            "e2e_resnet",
+            "--dataset",
+            "digits",
+            "--protocol",
+            "clip_benchmark",
+            "--epochs",
+            "3",
+            "--eval-on",
+            "digits",
+            "--json",
+            store=digits_store,
+        )
+    )
+    cls = [r for r in clip if r["task"] == "classification"]
+    assert cls[0]["params"]["protocol"] == "clip_benchmark_adamw"
+    assert cls[0]["params"]["epochs"] == 3 and _value(cls, "top1") > 0.5
+    # the stored weights apply to normalised features: evaluated on the same test set
+    # through the OOD path, the probe gives exactly its own test accuracy
+    same = [r for r in clip if r["task"] == "ood_classification"]
+    assert _value(same, "top1") == _value(cls, "top1")
 
     cal = _records(
         bobx(

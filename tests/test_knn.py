@@ -13,7 +13,7 @@ import math
 import numpy as np
 import pytest
 
-from evaluators._search import exact_topk
+from evaluators._search import METRICS, exact_topk, l2_normalize
 from evaluators.knn import HIGHER_IS_BETTER, higher_is_better, knn_classify
 from featcache.errors import DataError, ShapeError, UnavailableError, UnknownNameError
 
@@ -167,10 +167,14 @@ def test_exact_topk_rejects_bad_input(int_data):
         exact_topk(q, [], 3)
     with pytest.raises(ShapeError, match="positive"):
         exact_topk(q, db, 0)
-    bad = db.copy()
-    bad[3, 0] = np.nan
-    with pytest.raises(DataError, match="NaN"):
-        exact_topk(q, bad, 3)
+    for value in (np.nan, np.inf, -np.inf):
+        bad = db.copy()
+        bad[3, 0] = value
+        for metric in METRICS:
+            with pytest.raises(DataError, match="NaN or infinite"):
+                exact_topk(q, bad, 3, metric=metric)
+            with pytest.raises(DataError, match="queries"):
+                exact_topk(bad, db, 3, metric=metric)
     with pytest.raises(UnknownNameError, match="Did you mean 'cosine'"):
         exact_topk(q, db, 3, metric="cosin")
 
@@ -272,3 +276,13 @@ def test_knn_rejects_mismatched_inputs(tie_problem):
         knn_classify(train_x, train_y, test_x, test_y, num_classes=3)
     with pytest.raises(ShapeError, match="negative"):
         knn_classify(train_x, -train_y - 1, test_x, test_y)
+
+
+def test_cosine_equals_ip_on_normalised_rows():
+    rng = np.random.default_rng(5)
+    db = rng.standard_normal((500, 16)).astype(np.float32) * rng.uniform(0.5, 2, (500, 1))
+    q = rng.standard_normal((7, 16)).astype(np.float32)
+    s1, i1 = exact_topk(q, db, 10, metric="cosine")
+    s2, i2 = exact_topk(l2_normalize(q), l2_normalize(db), 10, metric="ip")
+    np.testing.assert_array_equal(s1, s2)
+    np.testing.assert_array_equal(i1, i2)

@@ -257,3 +257,98 @@ def test_warm_start_extrapolates_the_solution_path_in_log_c():
     np.testing.assert_allclose(_path_start([(0.0, sol(0.0)), (0.5, sol(0.5))], 1.0)[0, 1], -1.0)
     path = [(t, sol(t)) for t in (-1.0, 0.25, 1.5)]
     np.testing.assert_allclose(_path_start(path, 2.75), sol(2.75))
+
+
+# ------------------------------------------------------------ CLIP_benchmark protocol
+
+
+def _clip_reference_fit(x, y, n_out, wd, *, lr, epochs, batch_size, seed):
+    """CLIP_benchmark's training loop written plainly: DataLoader(shuffle=True), AdamW,
+    cosine schedule without warmup set before each step, seeded by torch.manual_seed."""
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = torch.nn.Linear(x.shape[1], n_out)
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd)
+        data = TensorDataset(torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y))
+        loader = DataLoader(data, batch_size=batch_size, shuffle=True)
+        steps = epochs * len(loader)
+        for epoch in range(epochs):
+            for i, (xb, yb) in enumerate(loader):
+                step = i + epoch * len(loader)
+                for g in opt.param_groups:
+                    g["lr"] = 0.5 * (1 + np.cos(np.pi * step / steps)) * lr
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(model(xb), yb).backward()
+                opt.step()
+    return model.weight.detach().double().numpy(), model.bias.detach().double().numpy()
+
+
+def test_adamw_fit_equals_the_clip_benchmark_loop():
+    from evaluators.probe import _AdamWBackend, _encode
+
+    (x, y), _ = make_problem(2, 300, 12, 4, 0.5)
+    task, t = _encode(y, False, binary_softmax=True)
+    fit = _AdamWBackend(lr=0.1, epochs=3, batch_size=64, seed=7, device="cpu").fit(x, task, t, 1e-2)
+    w, b = _clip_reference_fit(x, t, 4, 1e-2, lr=0.1, epochs=3, batch_size=64, seed=7)
+    np.testing.assert_allclose(fit.w, w, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fit.b, b, rtol=1e-5, atol=1e-6)
+    assert fit.n_iter == 3 * 5  # 300 rows in batches of 64: 5 steps per epoch
+
+
+def _clip_reference_search(acc):
+    """CLIP_benchmark's WeightDecayTuner.tune_weight_decay over an accuracy table."""
+    wd_list = np.logspace(-6, 2, num=97).tolist()
+
+    def find_peak(idxs):
+        best_idx, max_acc = 0, 0
+        for idx in idxs:
+            if max_acc < acc[idx]:
+                best_idx, max_acc = idx, acc[idx]
+        return best_idx
+
+    peak = find_peak([0, 16, 32, 48, 64, 80, 96])
+    span = 8
+    while span > 0:
+        peak = find_peak([max(peak - span, 0), peak, min(peak + span, len(wd_list) - 1)])
+        span //= 2
+    return peak
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_clip_weight_decay_search_follows_the_reference(seed):
+    from evaluators.probe import CLIP_WD_GRID, _clip_sweep
+
+    rng = np.random.default_rng(seed)
+    # a bumpy curve with plateaus (ties) and, for seed 0, all zeros
+    acc = np.round(rng.random(97), 1) * (seed > 0)
+    fitted = []
+
+    def fit_one(wd):
+        fitted.append(wd)
+        return int(np.argmin(np.abs(CLIP_WD_GRID - wd)))  # stands in for a fit
+
+    peak, sweep, done = _clip_sweep(fit_one, lambda idx: float(acc[idx]))
+    assert peak == _clip_reference_search(acc)
+    assert len(fitted) == len(set(fitted)) == len(sweep) <= 19  # each point fitted once
+    assert [wd for wd, _ in sweep] == fitted
+    np.testing.assert_allclose(CLIP_WD_GRID[[0, 16, 96]], [1e-6, 10 ** (-6 + 16 / 12), 100.0])
+
+
+def test_clip_benchmark_protocol_end_to_end(problem, fits):
+    (x, y), (tx, ty) = problem
+    out = linear_probe(x, y, tx, ty, protocol="clip_benchmark", seed=3, epochs=5)
+    assert out["protocol"] == "clip_benchmark" and out["C"] is None
+    assert out["weight_decay"] in [wd for wd, _ in out["sweep"]]
+    assert out["backend"] == "adamw" and out["dtype"] == "float32"
+    assert (out["lr"], out["epochs"], out["batch_size"]) == (0.1, 5, 64)
+    assert out["refit_on"] == "train+val" and out["n_fit"] == 1200
+    # a trained probe on normalised features: close to the logistic-regression one
+    assert abs(out["top1"] - fits["sklearn"]["top1"]) < 0.05
+    assert fits["sklearn"]["protocol"] == "dinov2" and fits["sklearn"]["weight_decay"] is None
+    with pytest.raises(ProbeError, match="c_grid belong to the dinov2 protocol"):
+        linear_probe(x, y, tx, ty, protocol="clip_benchmark", c_grid=[1.0])
+    with pytest.raises(UnknownNameError, match="probe protocol"):
+        linear_probe(x, y, tx, ty, protocol="clip")

@@ -21,6 +21,8 @@ from featcache.store import FeatureSet, Store
 
 #: The probe protocol's name in records; the C grid is DINOv2's 10**linspace(-6, 5, 45).
 PROBE_PROTOCOL = "dinov2_logreg"
+CLIP_PROTOCOL = "clip_benchmark_adamw"
+CLIP_WD_GRID_NAME = "logspace(-6,2,97) coarse-to-fine"
 KNN_PROTOCOL = "dino_knn"
 
 
@@ -153,13 +155,17 @@ def run_knn(
 
 
 # --------------------------------------------------------------------------- probe
-def probe_run_name(fraction: float | None, shots: int | None, seed: int) -> str:
-    """Artifact name of a probe run: ``full``, ``frac0.01-seed0`` or ``shots10-seed0``."""
+def probe_run_name(
+    fraction: float | None, shots: int | None, seed: int, protocol: str = "dinov2"
+) -> str:
+    """Artifact name of a probe run: ``full``, ``frac0.01-seed0`` or ``shots10-seed0``,
+    prefixed ``clip-`` for the CLIP_benchmark protocol (``clip-full``)."""
+    prefix = "" if protocol == "dinov2" else "clip-"
     if fraction is not None:
-        return f"frac{fraction:g}-seed{seed}"
+        return f"{prefix}frac{fraction:g}-seed{seed}"
     if shots is not None:
-        return f"shots{shots}-seed{seed}"
-    return "full" if seed == 0 else f"full-seed{seed}"
+        return f"{prefix}shots{shots}-seed{seed}"
+    return prefix + ("full" if seed == 0 else f"full-seed{seed}")
 
 
 def run_probe(
@@ -178,12 +184,19 @@ def run_probe(
     test_split: str | None = None,
     val_split: str | None = None,
     eval_on: Sequence[str] = (),
+    protocol: str = "dinov2",
+    lr: float = 0.1,
+    epochs: int = 10,
+    batch_size: int = 64,
 ) -> list[Record]:
-    """The DINOv2 logistic-regression probe; keeps weights and test logits as an artifact
-    and evaluates the same probe on ``eval_on`` datasets (out-of-distribution)."""
+    """The linear probe (DINOv2 logistic regression, or ``protocol="clip_benchmark"``'s
+    AdamW layer); keeps weights and test logits as an artifact and evaluates the same
+    probe on ``eval_on`` datasets (out-of-distribution)."""
+    from evaluators._search import l2_normalize
     from evaluators.probe import HIGHER_IS_BETTER, linear_probe
 
     records: list[Record] = []
+    clip = protocol == "clip_benchmark"
     for bb in resolve_backbones(store, backbone, dataset):
         train = store.features(bb, dataset, train_split)
         test = store.features(bb, dataset, pick_test_split(store, bb, dataset, test_split))
@@ -207,18 +220,27 @@ def run_probe(
             backend=backend,
             device=device,
             dtype=dtype,
+            protocol=protocol,
+            lr=lr,
+            epochs=epochs,
+            batch_size=batch_size,
         )
         params: dict[str, Any] = {
-            "protocol": PROBE_PROTOCOL,
+            "protocol": CLIP_PROTOCOL if clip else PROBE_PROTOCOL,
             "selection": out["selection"],
             "fraction": fraction,
             "shots": shots,
             "seed": seed,
-            "c_grid": "10**linspace(-6,5,45)" if c_grid is None else [float(c) for c in c_grid],
             "backend": out["backend"],
-            "dtype": dtype,
+            "dtype": out["dtype"],
             "train_split": train_split,
         }
+        if clip:
+            params.update(wd_grid=CLIP_WD_GRID_NAME, lr=lr, epochs=epochs, batch_size=batch_size)
+        else:
+            params["c_grid"] = (
+                "10**linspace(-6,5,45)" if c_grid is None else [float(c) for c in c_grid]
+            )
         names = ["macro_auc"] if out["multilabel"] else ["top1", "top5", "mean_per_class_recall"]
         used = [train, test] + ([val] if val is not None else [])
         records += metric_records(
@@ -237,7 +259,9 @@ def run_probe(
             sel_x, sel_y = vx, vy
         else:
             sel_x, sel_y = tx[out["val_indices"]], ty[out["val_indices"]]
-        run = probe_run_name(fraction, shots, seed)
+        if out["l2_normalized"]:  # the probe's weights apply to normalised features
+            sel_x = l2_normalize(sel_x)
+        run = probe_run_name(fraction, shots, seed, protocol)
         store.put_artifact(
             "probe",
             bb,
@@ -252,7 +276,9 @@ def run_probe(
                 "val_labels": sel_y,
             },
             {
-                "C": float(out["C"]),
+                "C": None if clip else float(out["C"]),
+                "weight_decay": out["weight_decay"],
+                "l2_normalized": bool(out["l2_normalized"]),
                 "sweep": [[float(c), float(v)] for c, v in out["sweep"]],
                 "params": params,
                 "multilabel": bool(out["multilabel"]),
@@ -261,7 +287,9 @@ def run_probe(
             },
         )
         for other in eval_on:
-            records += _evaluate_ood(store, bb, dataset, other, weights, bias, params)
+            records += _evaluate_ood(
+                store, bb, dataset, other, weights, bias, params, bool(out["l2_normalized"])
+            )
     return store.add_records(records)
 
 
@@ -273,8 +301,10 @@ def _evaluate_ood(
     weights: np.ndarray,
     bias: np.ndarray,
     probe_params: Mapping[str, Any],
+    l2_normalized: bool = False,
 ) -> list[Record]:
     """The probe trained on ``trained_on`` scored on ``dataset`` (ImageNet-A/-R: 200 logits)."""
+    from evaluators._search import l2_normalize
     from evaluators.ood import HIGHER_IS_BETTER, evaluate_mapped
 
     fs = store.features(backbone, dataset, pick_test_split(store, backbone, dataset, None))
@@ -285,6 +315,8 @@ def _evaluate_ood(
             f"{backbone} features of {dataset} have dim {x.shape[1]}, the probe expects "
             f"{weights.shape[1]}; extract both datasets with the same backbone and layer."
         )
+    if l2_normalized:
+        x = l2_normalize(x)
     out = evaluate_mapped(x @ weights.T + bias, y, class_subset=subset)
     params = {
         **probe_params,
