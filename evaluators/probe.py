@@ -1,4 +1,4 @@
-"""Logistic-regression linear probe on frozen features (DINOv2 ``log_regression``).
+"""Linear probes on frozen features: DINOv2 ``log_regression`` and CLIP_benchmark.
 
 Protocol (``guide/protocols.md``), which is the default here:
 
@@ -25,12 +25,18 @@ Documented choices and deviations:
   float32 optional) and drives scipy's L-BFGS-B with sklearn's settings (memory
   10, 50 line-search steps, ``gtol=tol``, ``ftol=64 * eps``), warm-starting each
   C along the ascending C path (the parabola through the three previous
-  solutions, extrapolated in log C). Warm starts change where the optimiser starts, not the
-  optimum; with ``dtype="float32"`` the ``ftol`` rule becomes ``eps(float32)``. ``"cuml"`` uses cuML's L-BFGS (GPU)
-  when importable (``penalty_normalized=True``: sklearn's C).
+  solutions, extrapolated in log C). Warm starts change where the optimiser
+  starts, not the optimum; with ``dtype="float32"`` the ``ftol`` rule becomes
+  ``eps(float32)``. ``"cuml"`` uses cuML's L-BFGS (GPU) when importable
+  (``penalty_normalized=True``: sklearn's C).
 * Features are not standardised (the protocol's objective is on raw features).
 * ``sweep_patience`` (off by default) stops the sweep after that many C values
   in a row without a better validation score; a deviation, recorded in the result.
+
+``protocol="clip_benchmark"`` instead trains an ``nn.Linear`` with AdamW on
+L2-normalised features for each weight decay of CLIP_benchmark's coarse-to-fine
+search (see :class:`_AdamWBackend` and :func:`_clip_sweep`); the split, low-shot
+and refit rules above are shared.
 """
 
 from __future__ import annotations
