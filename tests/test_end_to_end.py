@@ -173,6 +173,22 @@ def test_digits_extract_evaluate_rank(digits_store):
         "brier": False,
     }
     assert 0 <= _value(cal, "ece") < 1 and _value(cal, "nll") > 0
+    clip_cal = _records(
+        bobx(
+            "calibrate",
+            "--backbone",
+            "e2e_resnet",
+            "--dataset",
+            "digits",
+            "--run",
+            "clip-full",
+            "--temperature-scale",
+            "--json",
+            store=digits_store,
+        )
+    )
+    assert clip_cal[0]["params"]["probe_run"] == "clip-full"
+    assert 0 <= _value(clip_cal, "ece") < 1 and _value(clip_cal, "nll") > 0
 
     ret = _records(
         bobx(
@@ -193,7 +209,8 @@ def test_digits_extract_evaluate_rank(digits_store):
     assert sorted(r["rank"] for r in overall) == [1, 2]
     # every evaluator's records are in the store, in the schema `results --format json` prints
     stored = json.loads(bobx("results", "--format", "json", store=digits_store).stdout)
-    assert {r["id"] for r in knn + probe + low + cal + ret} <= {r["id"] for r in stored}
+    made = knn + probe + low + clip + cal + clip_cal + ret
+    assert {r["id"] for r in made} <= {r["id"] for r in stored}
 
 
 def test_calibrate_without_probe_is_a_clear_error(digits_store):
@@ -201,6 +218,11 @@ def test_calibrate_without_probe_is_a_clear_error(digits_store):
         "calibrate", "--backbone", "e2e_vit", "--dataset", "digits", store=digits_store, check=False
     )
     assert proc.returncode == 2 and "bobx probe --backbone e2e_vit" in proc.stderr
+    proc = bobx(
+        "calibrate", "--backbone", "e2e_vit", "--dataset", "digits", "--run", "clip-full",
+        store=digits_store, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "--protocol clip_benchmark" in proc.stderr
 
 
 def test_unknown_backbone_suggests(digits_store):

@@ -371,9 +371,10 @@ def run_calibration(
         try:
             arrays, attrs = store.get_artifact("probe", bb, dataset, run)
         except UnknownNameError as exc:
+            extra = " --protocol clip_benchmark" if run.startswith("clip-") else ""
             raise BobxError(
                 f"No stored probe predictions for {bb}/{dataset} (run {run!r}); "
-                f"run `bobx probe --backbone {bb} --dataset {dataset}` first."
+                f"run `bobx probe --backbone {bb} --dataset {dataset}{extra}` first."
             ) from exc
         if attrs.get("multilabel"):
             raise DataError(
