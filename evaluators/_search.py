@@ -67,10 +67,17 @@ def l2_normalize(x: np.ndarray, *, eps: float = 1e-12) -> np.ndarray:
     Shape: ``(n, d) -> (n, d)``. Zero rows stay zero (same clamp as
     ``torch.nn.functional.normalize``).
     """
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64)).astype(np.float32)
-    np.maximum(norms, np.float32(eps), out=norms)
-    return x / norms[:, None]
+    return _unit_rows(np.asarray(x, dtype=np.float32), eps)
+
+
+def _unit_rows(x: np.ndarray, eps: float, what: str | None = None) -> np.ndarray:
+    """:func:`l2_normalize` of a float32 array; with ``what``, the float64 row norms
+    double as the NaN / inf check (a norm is finite iff every entry of its row is)."""
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
+    if what is not None:
+        _check_finite(norms, what)
+    norms32 = np.maximum(norms.astype(np.float32), np.float32(eps))
+    return x / norms32[:, None]
 
 
 def exact_topk(
@@ -182,17 +189,13 @@ def _check_finite(x: np.ndarray, what: str) -> None:
 def _searchable(x: np.ndarray, metric: str, what: str) -> np.ndarray:
     """Check a float32 block for NaN / inf and prepare it for search (C-contiguous).
 
-    ``"cosine"``: rows are L2-normalised exactly as :func:`l2_normalize` does, and
-    the float64 row norms double as the finiteness check (a norm is finite iff
-    every entry of its row is), which saves a pass over the block.
+    ``"cosine"``: rows are L2-normalised by :func:`l2_normalize`'s own code, whose
+    row norms serve as the finiteness check, which saves a pass over the block.
     """
-    if metric != "cosine":
-        _check_finite(x, what)
-        return np.ascontiguousarray(x)
-    norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
-    _check_finite(norms, what)
-    norms32 = np.maximum(norms.astype(np.float32), np.float32(1e-12))
-    return np.ascontiguousarray(x / norms32[:, None])
+    if metric == "cosine":
+        return np.ascontiguousarray(_unit_rows(x, 1e-12, what))
+    _check_finite(x, what)
+    return np.ascontiguousarray(x)
 
 
 def _iter_blocks(database: Any, block_rows: int) -> Iterator[Any]:

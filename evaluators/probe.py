@@ -566,6 +566,34 @@ class _AdamWBackend:
         return _Fit(w, b, steps, True)
 
 
+def _c_sweep(
+    fit_one: Any, grid: np.ndarray, score: Any, *, warm: bool, patience: int | None
+) -> tuple[tuple[float, float, _Fit], list[tuple[float, float]]]:
+    """The DINOv2 sweep: C ascending, the first best validation score wins.
+
+    Warm backends start each C from the solution path extrapolated in log C
+    (:func:`_path_start`). ``patience`` stops after that many C values in a row
+    without a better score. Returns ``((C, score, fit), [(C, score), ...])``.
+    """
+    sweep: list[tuple[float, float]] = []
+    best: tuple[float, float, _Fit] | None = None
+    since_best = 0
+    path: list[tuple[float, np.ndarray]] = []  # (log C, parameters) of the last three fits
+    for C in grid:
+        fit = fit_one(C, _path_start(path, math.log(C)) if warm else None)
+        path = [*path[-2:], (math.log(C), _TorchBackend.init_from(fit))]
+        value = score(fit)
+        sweep.append((float(C), value))
+        if best is None or value > best[1]:  # strict: ties keep the smaller C
+            best, since_best = (float(C), value, fit), 0
+        else:
+            since_best += 1
+            if patience is not None and since_best >= patience:
+                break
+    assert best is not None  # the grid is never empty (see _grid)
+    return best, sweep
+
+
 def _clip_sweep(
     fit_one: Any, score: Any
 ) -> tuple[int, list[tuple[float, float]], dict[int, tuple[float, _Fit]]]:
@@ -739,24 +767,19 @@ def linear_probe(
         raise UnknownNameError("probe protocol", protocol, PROTOCOLS)
     clip = protocol == "clip_benchmark"
     n_classes = _n_classes(num_classes, multilabel, train_y, test_y, val_y)
+    _check_protocol_knobs(
+        protocol,
+        backend=backend,
+        dtype=dtype,
+        c_grid=c_grid,
+        max_iter=max_iter,
+        tol=tol,
+        sweep_patience=sweep_patience,
+        lr=lr,
+        epochs=epochs,
+        batch_size=batch_size,
+    )
     if clip:
-        changed = [
-            name
-            for name, value, default in (
-                ("backend", backend, "auto"),
-                ("dtype", dtype, "float64"),
-                ("c_grid", c_grid, None),
-                ("max_iter", max_iter, 1000),
-                ("tol", tol, 1e-12),
-                ("sweep_patience", sweep_patience, None),
-            )
-            if value is not default and value != default
-        ]
-        if changed:
-            raise ProbeError(
-                f"{', '.join(changed)} belong to the dinov2 protocol; drop them with "
-                "protocol='clip_benchmark' (its knobs are lr, epochs, batch_size)."
-            )
         if multilabel:
             raise ProbeError("protocol='clip_benchmark' is single-label; use protocol='dinov2'.")
         from evaluators._search import l2_normalize
@@ -767,20 +790,6 @@ def linear_probe(
             lr=lr, epochs=epochs, batch_size=batch_size, seed=seed, device=device
         )
     else:
-        changed = [
-            name
-            for name, value, default in (
-                ("lr", lr, 0.1),
-                ("epochs", epochs, 10),
-                ("batch_size", batch_size, 64),
-            )
-            if value != default
-        ]
-        if changed:
-            raise ProbeError(
-                f"{', '.join(changed)} belong to the clip_benchmark protocol; pass "
-                "protocol='clip_benchmark' or drop them."
-            )
         grid = _grid(c_grid)
         model = _make_backend(backend, max_iter=max_iter, tol=tol, device=device, dtype=dtype)
 
@@ -810,10 +819,6 @@ def linear_probe(
     # CLIP_benchmark's coarse-to-fine weight decay
     fit_x = train_x if fit_idx.size == train_x.shape[0] else train_x[fit_idx]  # no copy
     task, target = _encode(train_y[fit_idx], multilabel, binary_softmax=clip)
-    sweep: list[tuple[float, float]] = []
-    best: tuple[float, float, _Fit] | None = None
-    since_best = 0
-    path: list[tuple[float, np.ndarray]] = []  # (log C, parameters) of the last three fits
 
     def val_score(fit: _Fit) -> float:
         w, b = _expand(task, fit.w, fit.b, n_classes, train_x.shape[1])
@@ -821,21 +826,15 @@ def linear_probe(
 
     if clip:
         peak, sweep, done = _clip_sweep(lambda wd: model.fit(fit_x, task, target, wd), val_score)
-        best = (float(CLIP_WD_GRID[peak]), *done[peak])
-    for C in [] if clip else grid:
-        init = _path_start(path, math.log(C)) if model.warm else None
-        fit = model.fit(fit_x, task, target, C, init)
-        path = [*path[-2:], (math.log(C), _TorchBackend.init_from(fit))]
-        score = val_score(fit)
-        sweep.append((float(C), score))
-        if best is None or score > best[1]:  # strict: ties keep the smaller C
-            best, since_best = (float(C), score, fit), 0
-        else:
-            since_best += 1
-            if sweep_patience is not None and since_best >= sweep_patience:
-                break
-    assert best is not None
-    best_C, best_val, best_fit = best
+        best_C, best_val, best_fit = float(CLIP_WD_GRID[peak]), *done[peak]
+    else:
+        (best_C, best_val, best_fit), sweep = _c_sweep(
+            lambda C, init: model.fit(fit_x, task, target, C, init),
+            grid,
+            val_score,
+            warm=model.warm,
+            patience=sweep_patience,
+        )
 
     # 4. refit with the chosen C (train + val; low-shot: the subset only)
     if low_shot:
@@ -902,6 +901,33 @@ def linear_probe(
         converged=final.converged,
     )
     return out
+
+
+#: Keyword arguments of :func:`linear_probe` that only one protocol reads.
+_PROTOCOL_KNOBS = {
+    "dinov2": ("backend", "dtype", "c_grid", "max_iter", "tol", "sweep_patience"),
+    "clip_benchmark": ("lr", "epochs", "batch_size"),
+}
+
+
+def _check_protocol_knobs(protocol: str, **given: Any) -> None:
+    """Refuse knobs of the other protocol set away from their defaults (never ignored)."""
+    defaults = linear_probe.__kwdefaults__
+    assert defaults is not None
+    for owner, names in _PROTOCOL_KNOBS.items():
+        if owner == protocol:
+            continue
+        changed = [
+            name
+            for name in names
+            if given[name] is not defaults[name]
+            and (defaults[name] is None or given[name] != defaults[name])
+        ]
+        if changed:
+            raise ProbeError(
+                f"{', '.join(changed)} belong to the {owner} protocol; pass "
+                f"protocol={owner!r} or drop them."
+            )
 
 
 def _path_start(path: list[tuple[float, np.ndarray]], log_c: float) -> np.ndarray | None:

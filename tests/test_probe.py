@@ -350,5 +350,9 @@ def test_clip_benchmark_protocol_end_to_end(problem, fits):
     assert fits["sklearn"]["protocol"] == "dinov2" and fits["sklearn"]["weight_decay"] is None
     with pytest.raises(ProbeError, match="c_grid belong to the dinov2 protocol"):
         linear_probe(x, y, tx, ty, protocol="clip_benchmark", c_grid=[1.0])
+    with pytest.raises(ProbeError, match="c_grid, tol belong to the dinov2 protocol"):
+        linear_probe(x, y, tx, ty, protocol="clip_benchmark", c_grid=np.ones(2), tol=1e-6)
+    with pytest.raises(ProbeError, match="epochs belong to the clip_benchmark protocol"):
+        linear_probe(x, y, tx, ty, epochs=3)
     with pytest.raises(UnknownNameError, match="probe protocol"):
         linear_probe(x, y, tx, ty, protocol="clip")
