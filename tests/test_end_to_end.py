@@ -86,68 +86,29 @@ def _value(rows: list[dict], metric: str, **params) -> float:
 
 
 def test_digits_extract_evaluate_rank(digits_store):
+    def digits(command: str, backbone: str, *options: str) -> list[dict]:
+        """`bobx COMMAND --backbone B --dataset digits OPTIONS --json`, as records."""
+        argv = (command, "--backbone", backbone, "--dataset", "digits", *options, "--json")
+        return _records(bobx(*argv, store=digits_store))
+
     listing = json.loads(bobx("ls", "--json", store=digits_store).stdout)
     sets = {(s["backbone"], s["split"]): s for s in listing["feature_sets"]}
     assert sets["e2e_resnet", "train"]["n"] == 1347 and sets["e2e_resnet", "test"]["n"] == 450
     assert all(s["status"] == "complete" for s in sets.values())
 
-    knn = _records(
-        bobx(
-            "knn",
-            "--backbone",
-            "all",
-            "--dataset",
-            "digits",
-            "--k",
-            "10,20",
-            "--json",
-            store=digits_store,
-        )
-    )
+    knn = digits("knn", "all", "--k", "10,20")
     assert {r["backbone"] for r in knn} == {"e2e_resnet", "e2e_vit"}
     for r in knn:
         assert r["task"] == "classification" and r["params"]["temperature"] == 0.07
     resnet = [r for r in knn if r["backbone"] == "e2e_resnet"]
     assert _value(resnet, "top1", k=20) > 0.5  # chance is 0.1
 
-    probe = _records(
-        bobx(
-            "probe", "--backbone", "e2e_resnet", "--dataset", "digits", "--json", store=digits_store
-        )
-    )
+    probe = digits("probe", "e2e_resnet")
     assert _value(probe, "top1") > 0.5
     assert probe[0]["params"]["protocol"] == "dinov2_logreg"
-    low = _records(
-        bobx(
-            "probe",
-            "--backbone",
-            "e2e_resnet",
-            "--dataset",
-            "digits",
-            "--fraction",
-            "0.1",
-            "--seed",
-            "1",
-            "--json",
-            store=digits_store,
-        )
-    )
+    low = digits("probe", "e2e_resnet", "--fraction", "0.1", "--seed", "1")
     assert low[0]["params"]["fraction"] == 0.1 and _value(low, "top1") > 0.2
-    clip = _records(
-        bobx(
-            "probe",
-            "--backbone",
-            "e2e_resnet",
-            "--dataset",
-            "digits",
-            "--protocol",
-            "clip_benchmark",
-            "--eval-on",
-            "digits",
-            "--json",
-            store=digits_store,
-        )
-    )
+    clip = digits("probe", "e2e_resnet", "--protocol", "clip_benchmark", "--eval-on", "digits")
     cls = [r for r in clip if r["task"] == "classification"]
     assert cls[0]["params"]["protocol"] == "clip_benchmark_adamw"
     assert cls[0]["params"]["epochs"] == 10 and _value(cls, "top1") > 0.5
@@ -156,51 +117,18 @@ def test_digits_extract_evaluate_rank(digits_store):
     same = [r for r in clip if r["task"] == "ood_classification"]
     assert _value(same, "top1") == _value(cls, "top1")
 
-    cal = _records(
-        bobx(
-            "calibrate",
-            "--backbone",
-            "e2e_resnet",
-            "--dataset",
-            "digits",
-            "--json",
-            store=digits_store,
-        )
-    )
+    cal = digits("calibrate", "e2e_resnet")
     assert {r["metric"]: r["higher_is_better"] for r in cal} == {
         "ece": False,
         "nll": False,
         "brier": False,
     }
     assert 0 <= _value(cal, "ece") < 1 and _value(cal, "nll") > 0
-    clip_cal = _records(
-        bobx(
-            "calibrate",
-            "--backbone",
-            "e2e_resnet",
-            "--dataset",
-            "digits",
-            "--run",
-            "clip-full",
-            "--temperature-scale",
-            "--json",
-            store=digits_store,
-        )
-    )
+    clip_cal = digits("calibrate", "e2e_resnet", "--run", "clip-full", "--temperature-scale")
     assert clip_cal[0]["params"]["probe_run"] == "clip-full"
     assert 0 <= _value(clip_cal, "ece") < 1 and _value(clip_cal, "nll") > 0
 
-    ret = _records(
-        bobx(
-            "retrieve",
-            "--backbone",
-            "e2e_resnet",
-            "--dataset",
-            "digits",
-            "--json",
-            store=digits_store,
-        )
-    )
+    ret = digits("retrieve", "e2e_resnet")
     assert _value(ret, "map") > 0.1 and _value(ret, "hit@1") > 0.5
     assert ret[0]["params"]["gallery"] == "leave-one-out"
 

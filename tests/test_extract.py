@@ -167,13 +167,18 @@ LAYOUTS: dict[str, tuple[str, Callable[[Path], Any] | None]] = {
 }
 
 
+def make_layout(dataset: str, tmp_path: Path) -> tuple[str, Path | None]:
+    """Write the dataset's generated files under tmp_path: (split to extract, data root)."""
+    split_name, make = LAYOUTS[dataset]
+    if make is None:  # built in (digits)
+        return split_name, None
+    make(tmp_path)
+    return split_name, tmp_path
+
+
 @pytest.mark.parametrize("dataset", list(LAYOUTS))
 def test_features_equal_a_direct_forward_in_every_layout(dataset: str, tmp_path: Path) -> None:
-    split_name, make = LAYOUTS[dataset]
-    root = None
-    if make is not None:
-        make(tmp_path)
-        root = tmp_path
+    split_name, root = make_layout(dataset, tmp_path)
     store = mem()
     [res] = run(
         store,
@@ -198,11 +203,7 @@ def test_features_equal_a_direct_forward_in_every_layout(dataset: str, tmp_path:
 def test_open_clip_backbone_equals_a_direct_forward(
     dataset: str, layer: str | None, tmp_path: Path
 ) -> None:
-    split_name, make = LAYOUTS[dataset]
-    root = None
-    if make is not None:
-        make(tmp_path)
-        root = tmp_path
+    split_name, root = make_layout(dataset, tmp_path)
     store = mem()
     [res] = run(
         store, "tiny_clip", dataset, splits=[split_name], data_root=root, limit=12, layer=layer
