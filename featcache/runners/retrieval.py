@@ -19,7 +19,7 @@ from typing import Any
 
 from featcache.errors import BobxError, DataError, UnknownNameError
 from featcache.records import Record, make_record
-from featcache.runners.classification import pair_key, resolve_backbones
+from featcache.runners.classification import metric_records, pair_key, resolve_backbones
 from featcache.store import FeatureSet, Store
 
 SETTINGS = ("easy", "medium", "hard")
@@ -140,18 +140,15 @@ def _label(
         "gallery": "leave-one-out" if loo else gallery.split,
         "top_k": top_k,
     }
-    return [
-        make_record(
-            backbone=backbone,
-            task="retrieval",
-            dataset=dataset,
-            split=query.split,
-            metric=name,
-            value=value,
-            higher_is_better=higher_is_better(name),
-            params=params,
-            cache_key=pair_key(query, gallery),
-        )
-        for name, value in out.items()
-        if not name.startswith("n_queries")
-    ]
+    names = [name for name in out if not name.startswith("n_queries")]
+    return metric_records(
+        out,
+        {name: higher_is_better(name) for name in names},
+        names=names,
+        backbone=backbone,
+        task="retrieval",
+        dataset=dataset,
+        split=query.split,
+        params=params,
+        cache_key=pair_key(query, gallery),
+    )
