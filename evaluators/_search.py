@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from featcache.errors import DataError, ShapeError, UnavailableError, UnknownNameError
+from evaluators.errors import DataError, ShapeError, UnavailableError, UnknownNameError
 
 __all__ = ["METRICS", "as_labels", "exact_topk", "l2_normalize"]
 

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from evaluators._search import as_labels
-from featcache.errors import DataError, ShapeError
+from evaluators.errors import DataError, ShapeError
 
 __all__ = [
     "HIGHER_IS_BETTER",

@@ -27,8 +27,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from evaluators.errors import DataError, UnknownNameError
 from evaluators.ranking import OVERALL, task_order
-from featcache.errors import DataError, UnknownNameError
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -201,7 +201,7 @@ def _figure(width: float, height: float) -> Figure:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as exc:  # pragma: no cover - matplotlib is a dependency
-        from featcache.errors import UnavailableError
+        from evaluators.errors import UnavailableError
 
         raise UnavailableError("Plotting needs matplotlib: pip install matplotlib.") from exc
     fig = Figure(figsize=(width, height), layout="constrained")

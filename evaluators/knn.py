@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from evaluators._search import as_labels, exact_topk
-from featcache.errors import ShapeError, UnknownNameError
+from evaluators.errors import ShapeError, UnknownNameError
 
 __all__ = ["DEFAULT_KS", "HIGHER_IS_BETTER", "higher_is_better", "knn_classify", "metric_key"]
 

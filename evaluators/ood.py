@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from evaluators._search import as_labels
-from featcache.errors import ShapeError, UnknownNameError
+from evaluators.errors import ShapeError, UnknownNameError
 
 __all__ = [
     "HIGHER_IS_BETTER",

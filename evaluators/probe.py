@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from evaluators._search import as_labels
-from featcache.errors import BobxError, ShapeError, UnavailableError, UnknownNameError
+from evaluators.errors import BobxError, ShapeError, UnavailableError, UnknownNameError
 
 __all__ = [
     "BACKENDS",

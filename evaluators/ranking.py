@@ -56,8 +56,8 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from featcache.errors import DataError, UnknownNameError
-from featcache.provenance import canonical_json
+from evaluators.canonical import canonical_json
+from evaluators.errors import DataError, UnknownNameError
 
 __all__ = [
     "KNOWN_TASKS",
@@ -142,7 +142,7 @@ def latest_records(df: pd.DataFrame) -> pd.DataFrame:
     spaces; ``''``/missing become ``'{}'``). Rows with a NaN value are dropped first (not
     evaluated; a failed re-run does not hide an earlier result). Of several rows for one
     backbone and setting the most recent by ``created_at`` is kept (rows without a timestamp
-    count as oldest; equal stamps keep the later row), else the last row. Raises :class:`~featcache.errors.DataError` on missing columns,
+    count as oldest; equal stamps keep the later row), else the last row. Raises :class:`~evaluators.errors.DataError` on missing columns,
     non-numeric or infinite values, or a setting whose rows disagree on ``higher_is_better``.
     """
     if not isinstance(df, pd.DataFrame):

@@ -33,7 +33,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from evaluators._search import exact_topk, l2_normalize
-from featcache.errors import DataError, ShapeError, UnknownNameError
+from evaluators.errors import DataError, ShapeError, UnknownNameError
 
 __all__ = [
     "HIGHER_IS_BETTER",
@@ -200,7 +200,7 @@ def load_gnd(obj: Any, *, source: str = "gnd file") -> list[dict[str, Any]]:
 
     Returns a list of ``len(qimlist)`` dicts with keys ``easy``, ``hard``, ``junk`` (1-D int64
     arrays) and, where present, ``bbx`` (tuple of 4 floats), ready for :func:`revisited_map`.
-    Raises :class:`~featcache.errors.DataError` naming the first problem: a missing key, a
+    Raises :class:`~evaluators.errors.DataError` naming the first problem: a missing key, a
     list/name count mismatch, a non-integer, negative, out-of-range or duplicated index, lists
     of one query that overlap, or a malformed ``bbx``. ``source`` names the ground truth in
     those messages (a file path; ``gnd[3]['easy']`` is then ``<path>: gnd[3]['easy']``).

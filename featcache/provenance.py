@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import getpass
 import hashlib
-import json
 import os
 import socket
 import subprocess
@@ -13,6 +12,8 @@ from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from evaluators.canonical import canonical_json
 
 _VERSIONED = (
     "bobx",
@@ -74,11 +75,6 @@ def user() -> str:
 
 def host() -> str:
     return socket.gethostname()
-
-
-def canonical_json(obj: Any) -> str:
-    """JSON with sorted keys and no whitespace: equal objects give equal strings."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
 def digest(obj: Any) -> str:
