@@ -53,6 +53,10 @@ class StoreError(BobxError):
     """The store cannot be opened, read or written."""
 
 
+class IntegrityError(StoreError):
+    """Stored data that is damaged: a lost chunk object, metadata that disagrees with its spec."""
+
+
 class ShapeError(BobxError, ValueError):
     """Arrays whose shapes or dtypes do not fit together."""
 

@@ -143,7 +143,8 @@ def latest_records(df: pd.DataFrame) -> pd.DataFrame:
     evaluated; a failed re-run does not hide an earlier result). Of several rows for one
     backbone and setting the most recent by ``created_at`` is kept (rows without a timestamp
     count as oldest; equal stamps keep the later row), else the last row. Raises :class:`~evaluators.errors.DataError` on missing columns,
-    non-numeric or infinite values, or a setting whose rows disagree on ``higher_is_better``.
+    non-numeric values, an infinite value that is the latest of its backbone and setting
+    (checked after "latest wins"), or a setting whose rows disagree on ``higher_is_better``.
     """
     if not isinstance(df, pd.DataFrame):
         raise DataError(f"Expected a pandas DataFrame of result records, got {type(df).__name__}.")
@@ -153,7 +154,8 @@ def latest_records(df: pd.DataFrame) -> pd.DataFrame:
             f"Result records lack column(s) {missing}; need {list(RECORD_COLUMNS)} "
             "(use split='test' and params='{}' when they do not apply)."
         )
-    keep = [*RECORD_COLUMNS, *(["created_at"] if "created_at" in df.columns else [])]
+    extra = [c for c in ("created_at", "id") if c in df.columns]
+    keep = [*RECORD_COLUMNS, *extra]
     out = df.loc[:, keep].reset_index(drop=True)
     for col in ("backbone", "task", "dataset", "split", "metric"):
         if out[col].isna().any():
@@ -166,8 +168,6 @@ def latest_records(df: pd.DataFrame) -> pd.DataFrame:
     bad = values.isna() & out["value"].notna()
     if bad.any():
         raise DataError(f"Record value {out['value'][bad].iloc[0]!r} is not a number.")
-    if np.isinf(values.to_numpy(dtype=float)).any():
-        raise DataError("Record values must be finite; found inf. Drop or fix that record.")
     out["value"] = values.astype(float)
     out["higher_is_better"] = _as_bool(out["higher_is_better"])
     out["params"] = [_canonical_params(p) for p in out["params"]]
@@ -192,7 +192,17 @@ def latest_records(df: pd.DataFrame) -> pd.DataFrame:
             .drop(columns=["_ts", "_row"])
         )
     out = out.drop_duplicates(["backbone", *SETTING_COLUMNS], keep="last")
-    return out.reset_index(drop=True)
+    # after "latest wins": an infinite value a newer record superseded does no harm
+    infinite = np.isinf(out["value"].to_numpy(dtype=float))
+    if infinite.any():
+        row = out[infinite].iloc[0]
+        which = f" (record {row['id']})" if "id" in out.columns else ""
+        raise DataError(
+            f"Record values must be finite; the latest {row['metric']} of {row['backbone']} "
+            f"on {row['dataset']} is {row['value']}{which}; retract that record or record a "
+            "newer finite value."
+        )
+    return out.drop(columns=["id"], errors="ignore").reset_index(drop=True)
 
 
 def task_order(tasks: Iterable[str]) -> list[str]:

@@ -128,6 +128,11 @@ def make_record(
         raise DataError(f"Metric value {value!r} for {metric!r} is not a number.") from exc
     if math.isnan(fvalue):
         raise DataError(f"Metric {metric!r} of {backbone!r} is NaN; refusing to record it.")
+    if math.isinf(fvalue):
+        raise DataError(
+            f"Metric {metric!r} of {backbone!r} is {fvalue}; bobx records finite values only "
+            "(a diverged or failed run is not a result)."
+        )
     return Record(
         backbone=backbone,
         task=task,

@@ -14,7 +14,9 @@ import pytest
 
 import featcache
 from featcache.errors import (
+    DataError,
     IncompleteError,
+    IntegrityError,
     InvalidNameError,
     ShapeError,
     StaleCacheError,
@@ -29,6 +31,29 @@ ROOT = str(Path(__file__).resolve().parent.parent)
 
 def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": ROOT}
+
+
+def _small(store: featcache.Store, split: str, x: np.ndarray, *, key: str = "s1", **kw):
+    """A small set (4 chunks of 25 rows) written in full: cheap on every backend."""
+    writer = store.create_features(
+        "bb", "ds", split, n=len(x), dim=x.shape[1], cache_key=key, chunk_rows=25, **kw
+    )
+    for index in writer.missing_chunks():
+        _chunk(writer, index, x)
+    return writer
+
+
+def _chunk(writer, index: int, x: np.ndarray) -> None:
+    a, b = writer.chunk_range(index)
+    writer.write_chunk(
+        index, x[a:b], labels=np.arange(a, b) % 5, ids=[f"i{i}" for i in range(a, b)]
+    )
+
+
+def _key_of(store: featcache.Store, split: str, suffix: str) -> str:
+    """The object key ending in ``suffix`` inside feature set bb/ds/<split> (any layout)."""
+    [key] = [k for k in store.objects.list_prefix(f"features/bb/ds/{split}/") if k.endswith(suffix)]
+    return key
 
 
 def _write(store: featcache.Store, *, key: str = "k1", dtype: str = "float16", **kw):
@@ -165,6 +190,84 @@ class TestStoreContract:
         after = store.results()
         assert len(after) == 5 and set(after["backbone"]) == {"a", "b", "c", "d"}
         assert store.compact_records() == 1 and len(store.results()) == 5
+
+    def test_overwrite_fences_the_writer_it_replaced(self, store):
+        x = np.random.default_rng(2).standard_normal((100, 8)).astype(np.float32)
+        a = store.create_features("bb", "ds", "train", n=100, dim=8, cache_key="k1", chunk_rows=25)
+        _chunk(a, 0, x)
+        _chunk(a, 1, x)
+        b = store.create_features(
+            "bb", "ds", "train", n=100, dim=8, cache_key="k2", chunk_rows=25, dtype="float32",
+            overwrite=True,
+        )  # fmt: skip
+        with pytest.raises(StaleCacheError, match="replaced"):
+            _chunk(a, 2, x)  # the old writer stops at its next chunk ...
+        assert b.missing_chunks() == [0, 1, 2, 3]  # ... and nothing of it counts for B
+        for index in b.missing_chunks():
+            _chunk(b, index, 2 * x)
+        assert b.finalize()
+        with pytest.raises(StaleCacheError, match="replaced"):
+            a.finalize()
+        fs = store.features("bb", "ds", "train")
+        assert fs.cache_key == "k2"
+        np.testing.assert_array_equal(fs.embeddings(dtype=None), 2 * x)
+
+    def test_lost_chunk_objects_and_wrong_metadata_are_refused(self, store):
+        x = np.random.default_rng(3).standard_normal((100, 8)).astype(np.float32)
+        assert _small(store, "a", x).finalize()
+        lost = {"embeddings": 1, "labels": 2, "ids": 3, "valid": 0}
+        for array, index in lost.items():
+            tail = f"/{array}/c/{index}" + ("/0" if array == "embeddings" else "")
+            store.objects.delete(_key_of(store, "a", tail))
+        with pytest.raises(
+            IntegrityError,
+            match="bb/ds/a is damaged: chunk 1 of embeddings.*3 more.*verify --repair",
+        ):
+            store.features("bb", "ds", "a")
+        check = store.check_features("bb", "ds", "a")
+        assert check.bad_chunks == [0, 1, 2, 3] and not check.fatal
+        assert all(f"chunk {i} of {a}" in " ".join(check.problems) for a, i in lost.items())
+        assert _small(store, "e", x).finalize()
+        meta_key = _key_of(store, "e", "/embeddings/zarr.json")
+        meta = store.objects.get_json(meta_key)
+        store.objects.put_json(meta_key, {**meta, "shape": [99, 8]})
+        with pytest.raises(IntegrityError, match="bb/ds/e.*embeddings.*spec.json"):
+            store.features("bb", "ds", "e")
+        assert [i.status for i in store.list_features()] == ["complete"] * 2  # a listing is cheap
+
+    def test_all_zero_chunks_are_stored_and_checked(self, store):
+        x = np.zeros((100, 8), np.float32)  # zarr skips chunks equal to the fill value by default
+        writer = store.create_features("bb", "ds", "z", n=100, dim=8, cache_key="z", chunk_rows=25)
+        for index in range(4):
+            a, b = writer.chunk_range(index)
+            writer.write_chunk(
+                index, x[a:b], labels=np.full(b - a, -1), ids=[""] * (b - a), valid=np.zeros(b - a)
+            )
+        assert writer.finalize()
+        fs = store.features("bb", "ds", "z")
+        assert fs.n_invalid == 100 and not fs.valid().any()
+
+    def test_non_finite_values_are_refused(self, store):
+        for value in (float("inf"), float("-inf"), float("nan")):
+            with pytest.raises(DataError, match="finite|NaN"):
+                store.record(backbone="a", task="t", dataset="d", metric="m", value=value)
+        assert store.results().empty
+
+    def test_retracted_records_stay_hidden(self, store):
+        keep = store.record(backbone="a", task="t", dataset="d", metric="m", value=1.0)
+        drop = store.record(backbone="b", task="t", dataset="d", metric="m", value=2.0)
+        assert store.retract(drop.id, reason="wrong run") is True
+        assert store.retract(drop.id) is False  # create-only: the first tombstone stays
+        assert list(store.results()["id"]) == [keep.id]
+        assert store.compact_records() == 2
+        assert list(store.results()["id"]) == [keep.id]
+        with pytest.raises(UnknownNameError, match="record"):
+            store.retract("20200101T000000000000-0123456789abcdef")
+
+    def test_check_writable_leaves_nothing(self, store):
+        before = store.objects.list_prefix("")
+        store.check_writable()
+        assert store.objects.list_prefix("") == before
 
     def test_create_only_objects(self, store):
         assert store.objects.put_new("x/one.json", b"1")
