@@ -45,11 +45,14 @@ from featcache.backbones import BackboneSpec, get_backbone_spec, with_feature
 from featcache.errors import (
     DataError,
     IncompleteError,
+    IntegrityError,
     ShapeError,
+    StoreError,
     UnavailableError,
     UnknownNameError,
 )
-from featcache.store import FeatureWriter, Store, open_store
+from featcache.names import validate_name
+from featcache.store import MAX_CHUNK_ROWS, FeatureWriter, Store, open_store
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +66,10 @@ KEYED_LIBRARIES = ("torch", "torchvision", "timm", "open_clip_torch", "pillow")
 AUTO_BATCH = {"cuda": 256, "cpu": 32}
 #: Image ids of rows masked invalid kept in the completion record (the count is exact).
 MAX_LISTED_INVALID = 1000
+#: ``--on-bad-image error``: unreadable images named in the one error (all are counted) ...
+MAX_LISTED_BAD = 20
+#: ... and after how many extraction gives up (a wrong data root should not scan millions).
+MAX_BAD_IMAGES = 1000
 
 
 @dataclass(frozen=True)
@@ -72,7 +79,7 @@ class ExtractResult:
     backbone: str
     dataset: str
     split: str
-    status: str  # complete | cached | partial (chunks of other shards still missing)
+    status: str  # complete | cached | partial (chunks of other shards missing) | missing
     n: int
     dim: int
     cache_key: str
@@ -82,6 +89,7 @@ class ExtractResult:
     n_invalid: int
     seconds: float
     images_per_s: float | None
+    note: str = ""  # status missing: what was looked for
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -242,11 +250,21 @@ def chunk_batches(writer: FeatureWriter, chunks: Sequence[int], batch_size: int)
 class _ChunkSink:
     """Collects feature rows per chunk and writes each finished chunk from a thread."""
 
-    def __init__(self, writer: FeatureWriter, split: Any, chunks: Sequence[int], dim: int) -> None:
+    def __init__(
+        self,
+        writer: FeatureWriter,
+        split: Any,
+        chunks: Sequence[int],
+        dim: int,
+        *,
+        keep_invalid: bool = True,
+    ) -> None:
         self.writer, self.split, self.dim = writer, split, dim
+        self.keep_invalid = keep_invalid  # False: a chunk with a bad image is not written
         self.pending: dict[int, tuple[np.ndarray, np.ndarray, int]] = {}
         self.todo = set(chunks)
         self.written = 0
+        self.dropped = 0
         self.error: BaseException | None = None
         self.q: queue.Queue[tuple[int, np.ndarray, np.ndarray] | None] = queue.Queue(maxsize=4)
         self.thread = threading.Thread(target=self._run, name="bobx-chunk-writer", daemon=True)
@@ -288,8 +306,11 @@ class _ChunkSink:
             filled += int(sel.sum())
             if filled == b - a:
                 del self.pending[index]
-                self.q.put((index, emb, ok))
-                done += 1
+                if self.keep_invalid or ok.all():
+                    self.q.put((index, emb, ok))
+                    done += 1
+                else:
+                    self.dropped += 1
             else:
                 self.pending[index] = (emb, ok, filled)
         return done
@@ -471,7 +492,9 @@ def _run_split(
     """Compute ``chunks`` of one split. Returns (chunks written, images, seconds)."""
     batches = chunk_batches(writer, chunks, batch_size)
     n_images = sum(len(b) for b in batches)
-    sink = _ChunkSink(writer, split, chunks, plan.dim)
+    sink = _ChunkSink(writer, split, chunks, plan.dim, keep_invalid=on_bad_image == "skip")
+    bad: list[str] = []
+    n_bad = 0
     runner = _Runner(model, device, precision, batch_size, auto_batch)
     bar = _Progress(progress, label, n_images)
     pending: deque[tuple[Any, tuple[Any, ...], np.ndarray]] = deque()
@@ -489,20 +512,18 @@ def _run_split(
         for rows, x, errors in _make_loader(split, plan, batches, device, num_workers):
             valid = np.array([not e for e in errors], dtype=bool)
             if not valid.all() and on_bad_image == "error":
-                first = errors[int(np.flatnonzero(~valid)[0])]
-                while pending:
-                    drain()
-                sink.close()
-                raise DataError(
-                    f"{first} (extraction stopped; {label} stays incomplete and "
-                    "resumes from its missing chunks)"
-                )
+                n_bad += int((~valid).sum())
+                bad += [e for e in errors if e][: MAX_LISTED_BAD - len(bad)]
+                if n_bad >= MAX_BAD_IMAGES:
+                    break
             pending.append((rows, runner.submit(x), valid))
             while len(pending) > depth:
                 drain()
         while pending:
             drain()
         sink.close()
+        if n_bad:
+            raise DataError(_bad_images_message(bad, n_bad, sink.dropped, label))
     finally:
         bar.close()
         if sink.thread.is_alive():
@@ -511,16 +532,120 @@ def _run_split(
     return sink.written, n_images, seconds
 
 
+def _bad_images_message(bad: list[str], n_bad: int, dropped: int, label: str) -> str:
+    """One line naming every unreadable image (up to :data:`MAX_LISTED_BAD`)."""
+    count = f"at least {n_bad}" if n_bad >= MAX_BAD_IMAGES else str(n_bad)
+    more = f"; and {n_bad - len(bad)} more" if n_bad > len(bad) else ""
+    stopped = " (extraction stopped there)" if n_bad >= MAX_BAD_IMAGES else ""
+    return (
+        f"{count} image{'s' if n_bad != 1 else ''} could not be read{stopped}: "
+        f"{'; '.join(bad)}{more}. {label} stays incomplete: the {dropped} chunk(s) holding "
+        "them were not written, every other chunk was. Fix or remove those files (or pass "
+        "--on-bad-image skip to mask them), then re-run: only those chunks are computed."
+    )
+
+
 def _invalid_ids(writer: FeatureWriter) -> list[str]:
     import zarr
 
     zs = writer.store.zstore
-    valid = np.asarray(zarr.open_array(store=zs, path=f"{writer.key}/valid", mode="r")[...], bool)
+    where = writer.data_key
+    valid = np.asarray(zarr.open_array(store=zs, path=f"{where}/valid", mode="r")[...], bool)
     bad = np.flatnonzero(~valid)[:MAX_LISTED_INVALID]
     if not len(bad):
         return []
-    ids = zarr.open_array(store=zs, path=f"{writer.key}/ids", mode="r")
+    ids = zarr.open_array(store=zs, path=f"{where}/ids", mode="r")
     return [str(ids[int(i)]) for i in bad]
+
+
+def stored_name(spec: BackboneSpec, weights: Any, name: str | None = None) -> str:
+    """The backbone name a run's features and records are stored under.
+
+    The catalog name for its own weights (pretrained, or a random baseline's catalog
+    seed); ``<name>@seed<N>`` for another random init and ``<name>@w-<sha8>`` for a
+    weights file, so custom weights never share (and overwrite, or rank as) the
+    pretrained backbone; ``name`` (``--name``) when given."""
+    if name is not None:
+        return validate_name(name, "backbone name (--name)")
+    if weights.kind == "file":
+        return f"{spec.name}@w-{str(weights.sha256)[:8]}"
+    if weights.kind == "random" and not (spec.is_random and weights.seed == spec.seed):
+        return f"{spec.name}@seed{weights.seed}"
+    return spec.name
+
+
+def _check_arguments(
+    *,
+    precision: str,
+    on_bad_image: str,
+    batch_size: int | str,
+    dtype: str,
+    limit: int | None,
+    chunk_rows: int | None,
+    shard_index: int,
+    num_shards: int,
+    overwrite: bool,
+) -> None:
+    """Every argument problem, before anything is loaded or written."""
+    if precision not in PRECISIONS:
+        raise UnknownNameError("precision", precision, PRECISIONS)
+    if on_bad_image not in BAD_IMAGE_POLICIES:
+        raise UnknownNameError("--on-bad-image policy", on_bad_image, BAD_IMAGE_POLICIES)
+    if batch_size != "auto" and (
+        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+    ):
+        raise UnknownNameError("batch size", str(batch_size), ("auto", "<positive integer>"))
+    if dtype not in ("float16", "float32"):
+        raise UnknownNameError("feature dtype", dtype, ("float16", "float32"))
+    if limit is not None and limit < 1:
+        raise DataError(f"--limit must be a positive number of images, got {limit}.")
+    if (
+        chunk_rows is not None
+        and (isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1)
+        or (chunk_rows or 0) > MAX_CHUNK_ROWS
+    ):
+        raise DataError(
+            f"--chunk-rows must be a positive number of rows (at most {MAX_CHUNK_ROWS}), "
+            f"got {chunk_rows}."
+        )
+    shard_chunks(1, shard_index, num_shards)  # validates the shard arguments
+    if overwrite and num_shards > 1:
+        raise DataError(
+            "--overwrite rebuilds the whole set, so shards cannot share it: remove the old "
+            "set once (`bobx rm`, or one run with --overwrite), then start the shards "
+            "without --overwrite."
+        )
+
+
+def planned_cache_key(
+    backbone: str | BackboneSpec,
+    dataset: Any,
+    split: str,
+    *,
+    data_root: str | Path | None = None,
+    precision: str = "fp32",
+    weights: str = "pretrained",
+    seed: int | None = None,
+    layer: str | None = None,
+    limit: int | None = None,
+    query_crop: str = "bbx",
+    dtype: str = "float16",
+) -> str:
+    """The cache key :func:`extract` would give this split, computed without running
+    anything (no weights are loaded): ``bobx verify --repair`` checks it first."""
+    from featcache.datasets import get_dataset_spec, open_split
+    from featcache.models import plan_backbone
+
+    spec = get_backbone_spec(backbone)
+    if layer is not None:
+        spec = with_feature(spec, layer)
+    dspec = get_dataset_spec(dataset) if isinstance(dataset, str) else dataset
+    plan = plan_backbone(spec, weights, seed=seed)
+    data = open_split(dspec, split, data_root=data_root, query_crop=query_crop, limit=limit)
+    recipe = cache_recipe(
+        plan, dspec, data, split_name=split, precision=precision, dtype=dtype, limit=limit
+    )
+    return provenance.digest(recipe)
 
 
 def extract(
@@ -545,6 +670,7 @@ def extract(
     query_crop: str = "bbx",
     dtype: str = "float16",
     chunk_rows: int | None = None,
+    name: str | None = None,
     progress: bool = True,
     record_speed: bool = True,
 ) -> list[ExtractResult]:
@@ -553,7 +679,11 @@ def extract(
     Args:
         store: a :class:`Store`, or its URL (``None``: ``$BOBX_STORE`` or ./bobx-store).
         backbone: a catalog name or alias, or a :class:`BackboneSpec`.
-        dataset: a dataset name or ``DatasetSpec``; ``splits`` defaults to all of its splits.
+        dataset: a dataset name or ``DatasetSpec``; ``splits`` defaults to the splits the
+            evaluators use (``spec.default_splits``: all but ``extra_splits`` such as
+            digits' ``all``). Of those defaults, a split whose data is not there (an
+            image folder without ``val/``) is skipped with status ``missing`` and a note
+            saying what was looked for; a split asked for by name must exist.
         device: ``auto`` | ``cpu`` | ``cuda[:i]``.
         batch_size: images per forward, or ``"auto"`` (starts at 256 on CUDA and halves on
             out-of-memory; 32 on CPU).
@@ -567,51 +697,64 @@ def extract(
         limit: only the first ``limit`` images of each split (quick runs).
         shard_index, num_shards: compute chunks ``i, i + N, ...`` only; the set is published
             by whichever shard finishes last.
-        on_bad_image: ``error`` (stop, naming the file; the set stays incomplete) or
-            ``skip`` (zero embedding, ``valid=False``; counted in the completion record).
+        overwrite: replace the set, even one with the same cache key (a rebuild); a writer
+            still filling the old set stops at its next chunk. Not with ``num_shards > 1``.
+        on_bad_image: ``error`` (every unreadable image is named in one error, up to
+            :data:`MAX_LISTED_BAD`; the chunks holding them are not written, all others
+            are, and the set stays incomplete) or ``skip`` (zero embedding,
+            ``valid=False``; counted in the completion record).
         query_crop: ``bbx`` | ``none`` for retrieval query splits with boxes.
         dtype: stored dtype, ``float16`` | ``float32``.
         chunk_rows: rows per chunk of a new set (default from the store, ~8 MiB).
+        name: store the features (and records) under this backbone name; by default
+            :func:`stored_name` (``<backbone>@w-<sha8>`` for a weights file,
+            ``<backbone>@seed<N>`` for another random init).
 
     Returns:
         One :class:`ExtractResult` per split, in order.
     """
-    from featcache.datasets import get_dataset_spec, open_split
+    from featcache.datasets import MissingSplitError, get_dataset_spec, open_split
 
-    if precision not in PRECISIONS:
-        raise UnknownNameError("precision", precision, PRECISIONS)
-    if on_bad_image not in BAD_IMAGE_POLICIES:
-        raise UnknownNameError("--on-bad-image policy", on_bad_image, BAD_IMAGE_POLICIES)
+    _check_arguments(
+        precision=precision,
+        on_bad_image=on_bad_image,
+        batch_size=batch_size,
+        dtype=dtype,
+        limit=limit,
+        chunk_rows=chunk_rows,
+        shard_index=shard_index,
+        num_shards=num_shards,
+        overwrite=overwrite,
+    )
     auto_batch = batch_size == "auto"
-    if not auto_batch and (
-        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
-    ):
-        raise UnknownNameError("batch size", str(batch_size), ("auto", "<positive integer>"))
-    if dtype not in ("float16", "float32"):
-        raise UnknownNameError("feature dtype", dtype, ("float16", "float32"))
-    if limit is not None and limit < 1:
-        raise DataError(f"--limit must be a positive number of images, got {limit}.")
-    shard_chunks(1, shard_index, num_shards)  # validates the shard arguments
-
     st = store if isinstance(store, Store) else open_store(store)
+    st.check_writable()  # a read-only or full store fails now, before any model loads
     spec = get_backbone_spec(backbone)
     if layer is not None:  # another feature point is another feature set: <name>@<feature>
         spec = with_feature(spec, layer)
     dspec = get_dataset_spec(dataset) if isinstance(dataset, str) else dataset
-    split_names = list(splits) if splits else list(dspec.splits)
+    split_names = list(splits) if splits else list(dspec.default_splits)
     dev = resolve_device(device)
     from featcache.models import load_backbone, plan_backbone
 
     plan = plan_backbone(spec, weights, seed=seed)
+    backbone_name = stored_name(spec, plan.weights, name)
     bs = AUTO_BATCH["cuda" if dev.type == "cuda" else "cpu"] if auto_batch else int(batch_size)
     workers = default_workers(dev.type) if num_workers is None else max(0, int(num_workers))
 
     results: list[ExtractResult] = []
     model = None
     for split_name in split_names:
-        split = open_split(
-            dspec, split_name, data_root=data_root, query_crop=query_crop, limit=limit
-        )
+        try:
+            split = open_split(
+                dspec, split_name, data_root=data_root, query_crop=query_crop, limit=limit
+            )
+        except MissingSplitError as exc:
+            if splits:
+                raise
+            log.warning("%s; skipped", exc)
+            results.append(_missing(backbone_name, dspec.name, split_name, str(exc)))
+            continue
         if len(split) == 0:
             raise DataError(f"{dspec.name}/{split_name} has no images; nothing to extract.")
         recipe = cache_recipe(
@@ -621,6 +764,7 @@ def extract(
         attrs = {
             "source": "extract",
             "backbone": spec.to_dict(),
+            "stored_as": backbone_name,
             "weights": plan.weights.describe(),
             "feature": plan.feature,
             "preprocess": plan.preprocess(),
@@ -638,12 +782,14 @@ def extract(
             "bobx_version": provenance.bobx_version(),
             "git_hash": provenance.git_hash(),
         }
-        if model is None and _needs_model(st, spec.name, dspec.name, split_name, key, overwrite):
+        if model is None and _needs_model(
+            st, backbone_name, dspec.name, split_name, key, overwrite
+        ):
             # load (and fail on missing weights) before anything is written to the store
             model = load_backbone(plan, device=dev)
             _set_threads(dev)
         writer = st.create_features(
-            spec.name,
+            backbone_name,
             dspec.name,
             split_name,
             n=len(split),
@@ -657,9 +803,9 @@ def extract(
         )
         for meta_name, value in split.meta.items():
             st.put_meta(dspec.name, meta_name, _jsonable(value))
-        label = f"{spec.name}/{dspec.name}/{split_name}"
-        if writer.complete:
-            results.append(_result(st, writer, spec, dspec, split_name, "cached", 0, 0, 0.0))
+        label = f"{backbone_name}/{dspec.name}/{split_name}"
+        if writer.complete and not _lost_chunks_unpublished(st, writer):
+            results.append(_result(st, writer, dspec, split_name, "cached", 0, 0, 0.0))
             continue
         todo = writer.missing_chunks(shard_chunks(writer.n_chunks, shard_index, num_shards))
         written, images, seconds = 0, 0, 0.0
@@ -694,12 +840,10 @@ def extract(
         if not writer.missing_chunks():
             complete = writer.finalize(invalid_ids=_invalid_ids(writer), last_run=run)
         status = "complete" if complete else "partial"
-        results.append(
-            _result(st, writer, spec, dspec, split_name, status, written, images, seconds)
-        )
+        results.append(_result(st, writer, dspec, split_name, status, written, images, seconds))
         if record_speed and rate is not None:
             st.record(
-                backbone=spec.name,
+                backbone=backbone_name,
                 task="speed",
                 dataset=dspec.name,
                 split=split_name,
@@ -717,19 +861,52 @@ def extract(
                     "torch_threads": _torch_threads(),
                 },
             )
+    if results and all(r.status == "missing" for r in results):
+        raise DataError(
+            f"None of the splits of {dspec.name} ({', '.join(split_names)}) is there: "
+            f"{results[0].note}"
+        )
     return results
+
+
+def _lost_chunks_unpublished(st: Store, writer: FeatureWriter) -> bool:
+    """A complete set whose chunk objects were lost since: withdraw it and drop the
+    markers of the lost chunks, so this run recomputes them (same key, same bytes).
+    Returns whether anything was withdrawn; damage beyond lost chunks is an error."""
+    lost, whole = writer.damage()
+    backbone, dataset, split = writer.key.split("/")[1:4]
+    if whole:
+        raise IntegrityError(
+            f"Feature set {backbone}/{dataset}/{split} is damaged beyond lost chunks "
+            f"({whole[0]}); remove it with `bobx rm --backbone {backbone} --dataset {dataset} "
+            f"--split {split}` and extract it again."
+        )
+    if not lost:
+        return False
+    log.warning("%s/%s/%s: recomputing %d lost chunk(s)", backbone, dataset, split, len(lost))
+    st.unpublish(backbone, dataset, split, lost)
+    return True
+
+
+def _missing(backbone: str, dataset: str, split: str, note: str) -> ExtractResult:
+    return ExtractResult(
+        backbone, dataset, split, "missing", 0, 0, "", 0, 0, 0, 0, 0.0, None, note=note
+    )
 
 
 def _needs_model(
     st: Store, backbone: str, dataset: str, split: str, key: str, overwrite: bool
 ) -> bool:
-    """False when the set is complete with this key (cached) or with another key and no
-    --overwrite (create_features will refuse it); True when there may be work to do."""
-    try:
-        fs = st.features(backbone, dataset, split)
-    except (UnknownNameError, IncompleteError):
+    """False when the set is complete with this key and no --overwrite (cached), or
+    complete with another key and no --overwrite (create_features will refuse it); True
+    when there may be work to do (--overwrite always rebuilds)."""
+    if overwrite:
         return True
-    return fs.cache_key != key and overwrite
+    try:
+        st.features(backbone, dataset, split)
+    except (UnknownNameError, IncompleteError, StoreError):
+        return True
+    return False
 
 
 def _torch_threads() -> int:
@@ -753,7 +930,6 @@ def _set_threads(device: Any) -> None:
 def _result(
     st: Store,
     writer: FeatureWriter,
-    spec: BackboneSpec,
     dspec: Any,
     split: str,
     status: str,
@@ -761,9 +937,9 @@ def _result(
     images: int,
     seconds: float,
 ) -> ExtractResult:
-    done = st.objects.get_json(f"{writer.key}/_bobx/complete.json") or {}
+    done = st.objects.get_json(f"{writer.data_key}/_bobx/complete.json") or {}
     return ExtractResult(
-        backbone=spec.name,
+        backbone=writer.key.split("/")[1],
         dataset=dspec.name,
         split=split,
         status=status,
@@ -784,6 +960,8 @@ __all__ = [
     "cache_recipe",
     "chunk_batches",
     "extract",
+    "planned_cache_key",
+    "stored_name",
     "resolve_device",
     "shard_chunks",
 ]

@@ -293,7 +293,18 @@ def _classifier_prefixes(net: nn.Module) -> tuple[str, ...]:
 
 def load_state_into(net: nn.Module, sd: Mapping[str, torch.Tensor], *, what: str) -> None:
     """Load ``sd`` into ``net``: every parameter must be there; only classifier weights
-    (which a feature extractor does not have) may be left over."""
+    (which a feature extractor does not have) may be left over, and every tensor must
+    have the model's shape (checked first: torch's own error is a multi-line traceback)."""
+    own = net.state_dict()
+    wrong = [k for k, v in sd.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if wrong:
+        k = wrong[0]
+        raise DataError(
+            f"{what} does not fit {type(net).__name__}: {len(wrong)} tensor(s) have another "
+            f"shape (e.g. {k}: {tuple(sd[k].shape)} in the file, {tuple(own[k].shape)} in the "
+            "model); check the backbone (--backbone), its model_kwargs (e.g. image size) and "
+            "the manifest's key_map."
+        )
     missing, unexpected = net.load_state_dict(dict(sd), strict=False)
     skip = _classifier_prefixes(net)
     unexpected = [k for k in unexpected if not k.startswith(skip)]

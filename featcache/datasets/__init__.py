@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 
 from featcache.catalog import FrozenMap
-from featcache.datasets._common import ReadContext
+from featcache.datasets._common import MissingSplitError, ReadContext
 from featcache.datasets.spec import (
     BUILTIN_FORMATS,
     FORMATS,
@@ -38,6 +38,7 @@ __all__ = [
     "DatasetSpec",
     "FrozenMap",
     "ImageSplit",
+    "MissingSplitError",
     "get_dataset_spec",
     "list_dataset_specs",
     "open_split",

@@ -14,6 +14,10 @@ from featcache.datasets.split import safe_relpath
 from featcache.errors import DataError
 
 
+class MissingSplitError(DataError):
+    """The data of one split is not there (e.g. an image folder without ``val/``)."""
+
+
 @dataclass(frozen=True)
 class ReadContext:
     """What a reader gets: the spec, the split asked for, the data root and the query crop."""

@@ -14,7 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from featcache.datasets import imagenet_info
-from featcache.datasets._common import ReadContext, find_base, fraction_split, read_text
+from featcache.datasets._common import (
+    MissingSplitError,
+    ReadContext,
+    find_base,
+    fraction_split,
+    read_text,
+)
 from featcache.datasets.split import IMAGE_EXTENSIONS, FileSource, ImageSplit, safe_relpath
 from featcache.errors import BobxError, DataError
 
@@ -64,7 +70,7 @@ def _this_split_dir(ctx: ReadContext, base: Path) -> Path:
         return directory
     if len(ctx.spec.splits) == 1 and not ctx.option("split_dirs"):
         return base
-    raise DataError(
+    raise MissingSplitError(
         f"{ctx.where}: no directory {base / ctx.split}; a dataset with several splits needs "
         "one sub-directory per split (or options.split_dirs / options.split_fractions)."
     )

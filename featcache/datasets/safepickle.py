@@ -11,7 +11,9 @@ class) raises :class:`~featcache.errors.DataError` before it is called.
 Everything else a pickle may hold (dict, list, tuple, str, bytes, int, float, bool,
 None) needs no global. Object-dtype arrays are refused after loading, since their
 items could only have come through the same restricted path anyway but are never
-useful here.
+useful here; so are cycles and structures whose shared references expand beyond
+:data:`MAX_ITEMS` items (a 12 KB file can describe 1000^6 of them), checked in time
+proportional to the file, not to the expansion.
 """
 
 from __future__ import annotations
@@ -70,19 +72,51 @@ class RestrictedUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError("persistent ids are not allowed")
 
 
-def _check_no_objects(obj: Any, depth: int = 0) -> None:
-    if depth > 64:
-        raise pickle.UnpicklingError("nesting deeper than 64 levels")
-    if isinstance(obj, np.ndarray):
-        if obj.dtype.hasobject:
-            raise pickle.UnpicklingError("object-dtype arrays are not allowed")
-    elif isinstance(obj, dict):
-        for key, value in obj.items():
-            _check_no_objects(key, depth + 1)
-            _check_no_objects(value, depth + 1)
-    elif isinstance(obj, list | tuple | set | frozenset):
-        for item in obj:
-            _check_no_objects(item, depth + 1)
+#: Items (counted as a plain walk would meet them, shared references counted each time)
+#: a pickle may expand to. CIFAR's batches hold ~20k; a crafted 12 KB file of one list
+#: shared six levels deep would be 1000^6.
+MAX_ITEMS = 10_000_000
+MAX_DEPTH = 64
+
+
+def _check_no_objects(obj: Any) -> None:
+    """Refuse object-dtype arrays, cycles, nesting deeper than :data:`MAX_DEPTH` and
+    structures that expand to more than :data:`MAX_ITEMS` items. Each distinct
+    container is visited once (memoised by identity), so the check's own work is
+    bounded by the pickle's size, whatever its shared references multiply to."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(node: Any, depth: int) -> int:
+        if isinstance(node, np.ndarray):
+            if node.dtype.hasobject:
+                raise pickle.UnpicklingError("object-dtype arrays are not allowed")
+            return 1
+        if not isinstance(node, dict | list | tuple | set | frozenset):
+            return 1
+        ident = id(node)
+        if ident in sizes:
+            return sizes[ident]
+        if ident in active:
+            raise pickle.UnpicklingError("cyclic references are not allowed")
+        if depth > MAX_DEPTH:
+            raise pickle.UnpicklingError(f"nesting deeper than {MAX_DEPTH} levels")
+        active.add(ident)
+        children = (
+            (x for pair in node.items() for x in pair) if isinstance(node, dict) else iter(node)
+        )
+        total = 1
+        for child in children:
+            total += size(child, depth + 1)
+            if total > MAX_ITEMS:
+                raise pickle.UnpicklingError(
+                    f"too many items: its shared references expand to more than {MAX_ITEMS:,}"
+                )
+        active.discard(ident)
+        sizes[ident] = total
+        return total
+
+    size(obj, 0)
 
 
 def safe_loads(data: bytes, *, name: str, encoding: str = "latin1") -> Any:

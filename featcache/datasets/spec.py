@@ -11,7 +11,9 @@ A manifest entry looks like::
       description: ...
 
 Optional fields: ``multilabel`` (false), ``task`` (classification | retrieval),
-``class_subset`` (a list of IN-1k indices or ``imagenet_a`` / ``imagenet_r``).
+``class_subset`` (a list of IN-1k indices or ``imagenet_a`` / ``imagenet_r``),
+``extra_splits`` (splits extracted only when asked for by name, e.g. digits' ``all``, a
+union of the others that no evaluator needs).
 Every reader also accepts the option ``root``: a default data directory, relative to
 the YAML file, used when neither ``--data-root`` nor ``root_env`` gives one.
 """
@@ -95,6 +97,7 @@ _OPTION_CHOICES: dict[tuple[str, str], tuple[Any, ...]] = {
 _FIELDS = (
     "format",
     "splits",
+    "extra_splits",
     "num_classes",
     "multilabel",
     "task",
@@ -120,11 +123,19 @@ class DatasetSpec:
     options: Mapping[str, Any] = field(default_factory=FrozenMap)
     description: str = ""
     source: str = ""
+    extra_splits: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.options, FrozenMap):
             object.__setattr__(self, "options", FrozenMap(self.options))
         object.__setattr__(self, "splits", tuple(self.splits))
+        object.__setattr__(self, "extra_splits", tuple(self.extra_splits))
+
+    @property
+    def default_splits(self) -> tuple[str, ...]:
+        """What ``bobx extract`` computes without ``--split``: every split the evaluators
+        use, i.e. all but the :attr:`extra_splits`."""
+        return tuple(s for s in self.splits if s not in self.extra_splits)
         if self.class_subset is not None:
             object.__setattr__(self, "class_subset", tuple(int(k) for k in self.class_subset))
 
@@ -134,6 +145,7 @@ class DatasetSpec:
             "name": self.name,
             "format": self.format,
             "splits": list(self.splits),
+            "extra_splits": list(self.extra_splits),
             "num_classes": self.num_classes,
             "multilabel": self.multilabel,
             "task": self.task,
@@ -170,6 +182,11 @@ def spec_from_fields(name: str, fields: Mapping[str, Any]) -> DatasetSpec:
         raise _problem(source, name, str(exc)) from exc
     if len(set(splits)) != len(splits):
         raise _problem(source, name, "'splits' lists a split twice.")
+    extra_splits = fields.get("extra_splits") or []
+    if not isinstance(extra_splits, list) or not set(extra_splits) < set(splits):
+        raise _problem(
+            source, name, "'extra_splits' must list some (not all) of the dataset's splits."
+        )
     num_classes = fields.get("num_classes")
     if num_classes is not None and (
         isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
@@ -243,6 +260,7 @@ def spec_from_fields(name: str, fields: Mapping[str, Any]) -> DatasetSpec:
         options=FrozenMap(options),
         description=" ".join(description.split()),
         source=source,
+        extra_splits=tuple(extra_splits),
     )
 
 

@@ -7,6 +7,7 @@ Every path read from a list file goes through :func:`safe_relpath`: absolute pat
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import numpy as np
 from featcache.datasets._common import ReadContext, find_base, read_text
 from featcache.datasets.split import FileSource, ImageSplit, safe_relpath
 from featcache.errors import DataError
+from featcache.io import MAX_CLASSES
 
 
 def _split_from(
@@ -101,15 +103,27 @@ def _column(frame: Any, name: str, path: Path) -> list[str]:
 
 
 def _parse_label(value: str) -> int | str | None:
+    """An integer label, a class name (str) or ``None`` (blank: unlabelled)."""
     if value in ("", "nan", "None"):
         return None
     try:
         number = float(value)
     except ValueError:
         return value
-    if number != int(number):
+    if not math.isfinite(number) or not number.is_integer():
         raise DataError(f"label {value!r} is not an integer")
+    if not -1 <= number < MAX_CLASSES:
+        raise DataError(
+            f"label {value!r} is not a class index (0..{MAX_CLASSES - 1}, or -1 for unlabelled)"
+        )
     return int(number)
+
+
+def _label_at(raw: str, path: Path, column: str) -> int | str | None:
+    try:
+        return _parse_label(raw)
+    except DataError as exc:
+        raise DataError(f"{path}: column {column!r}: {exc}.") from exc
 
 
 def read_csv(ctx: ReadContext) -> ImageSplit:
@@ -166,7 +180,7 @@ def _csv_labels(
         values = np.zeros((len(frame), len(label_columns)), np.int8)
         for j, name in enumerate(label_columns):
             for i, raw in enumerate(_column(frame, name, path)):
-                flag = _parse_label(raw)
+                flag = _label_at(raw, path, name)
                 if isinstance(flag, str):
                     raise DataError(f"{path}: column {name!r} holds {raw!r}; expected 0/1.")
                 values[i, j] = 1 if flag else 0
@@ -259,7 +273,7 @@ def read_chexpert(ctx: ReadContext) -> ImageSplit:
     labels = np.zeros((len(frame), len(CHEXPERT_LABELS)), np.int8)
     for j, name in enumerate(CHEXPERT_LABELS):
         for i, raw in enumerate(_column(frame, name, path)):
-            value = _parse_label(raw)
+            value = _label_at(raw, path, name)
             if value is None or value == 0:
                 continue
             if value == 1:
