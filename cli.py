@@ -22,7 +22,29 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from featcache.provenance import bobx_version
+
+        typer.echo(f"bobx {bobx_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _bobx(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Evaluate pretrained vision backbones from a shared feature cache."""
+
 
 StoreOpt = Annotated[
     str | None,
@@ -232,6 +254,85 @@ def compact_cmd(store: StoreOpt = None) -> None:
     """Fold loose result records into one Parquet pack (faster queries on big stores)."""
     n = _store(store).compact_records()
     typer.echo(f"packed {n} record(s)")
+
+
+# --------------------------------------------------------------------------- store integrity
+@app.command("verify")
+def verify_cmd(
+    repair: Annotated[
+        bool,
+        typer.Option(
+            help="Recompute lost or corrupt chunks of extracted sets, delete leftovers, "
+            "set damaged records aside and retract non-finite ones."
+        ),
+    ] = False,
+    quick: Annotated[
+        bool, typer.Option(help="Check objects and sizes only (do not read every chunk).")
+    ] = False,
+    backbone: Annotated[str | None, typer.Option(help="Only this backbone's sets.")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Only this dataset's sets.")] = None,
+    split: Annotated[str | None, typer.Option(help="Only this split.")] = None,
+    data_root: Annotated[
+        Path | None, typer.Option(help="Dataset directory, for --repair to recompute chunks.")
+    ] = None,
+    device: Annotated[str, typer.Option(help="--repair: auto, cpu or cuda[:i].")] = "auto",
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check every feature set and record (exit 1 when problems remain); --repair fixes."""
+    from featcache.verify import verify_store
+
+    report = verify_store(
+        _store(store),
+        backbone=backbone,
+        dataset=dataset,
+        split=split,
+        deep=not quick,
+        repair=repair,
+        data_root=data_root,
+        device=device,
+    )
+    if as_json:
+        _echo_json(report.to_dict())
+    else:
+        for f in report.findings:
+            state = "ok" if f.ok else f"{len(f.problems)} problem(s)"
+            typer.echo(f"{f.name}: {f.status}, {state}")
+            for problem in f.problems:
+                typer.echo(f"  - {problem}")
+            for done in f.repaired:
+                typer.echo(f"  repaired: {done}")
+            if f.hint and not f.ok:
+                typer.echo(f"  fix: {f.hint}")
+    if not report.ok:
+        raise typer.Exit(code=1)
+
+
+@app.command("rm")
+def rm_cmd(
+    backbone: Annotated[str, typer.Option(help="Backbone name as stored (see `bobx ls`).")],
+    dataset: Annotated[str, typer.Option(help="Dataset name.")],
+    split: Annotated[
+        list[str] | None, typer.Option(help="Split (repeatable; default every split).")
+    ] = None,
+    store: StoreOpt = None,
+) -> None:
+    """Remove feature sets (in any state); writers still filling them stop."""
+    for name in _store(store).remove_features(backbone, dataset, split or None):
+        typer.echo(f"removed {name}")
+
+
+@app.command("retract")
+def retract_cmd(
+    record_id: Annotated[str, typer.Argument(help="Record id (`bobx results --format json`).")],
+    reason: Annotated[str, typer.Option(help="Why (kept with the retraction).")] = "",
+    store: StoreOpt = None,
+) -> None:
+    """Withdraw a result record: readers (results, rank, report) leave it out."""
+    if _store(store).retract(record_id, reason=reason):
+        typer.echo(f"retracted {record_id}")
+    else:
+        typer.echo(f"{record_id} was already retracted")
 
 
 # --------------------------------------------------------------------------- classification
@@ -595,6 +696,13 @@ def extract_cmd(
     ] = QueryCrop.bbx,
     dtype: Annotated[FeatureDtype, typer.Option(help="Stored dtype.")] = FeatureDtype.float16,
     chunk_rows: Annotated[int | None, typer.Option(help="Rows per chunk of a new set.")] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            help="Store under this backbone name (default: the catalog name; "
+            "<backbone>@w-<sha8> for --weights PATH, <backbone>@seed<N> for another random init)."
+        ),
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     store: StoreOpt = None,
     as_json: JsonOpt = False,
@@ -602,11 +710,13 @@ def extract_cmd(
     """Extract backbone features of a dataset into the store (resumable, shardable)."""
     from featcache.extract import extract
 
+    if name is not None and len(backbone) > 1:
+        raise typer.BadParameter("--name names one backbone; pass one --backbone")
     st, results = _store(store), []
-    for name in backbone:
+    for each in backbone:
         results += extract(
             st,
-            name,
+            each,
             dataset,
             splits=split,
             data_root=data_root,
@@ -625,12 +735,16 @@ def extract_cmd(
             query_crop=query_crop.value,
             dtype=dtype.value,
             chunk_rows=chunk_rows,
+            name=name,
             progress=progress and not as_json,
         )
     if as_json:
         _echo_json([r.to_dict() for r in results])
         return
     for r in results:
+        if r.status == "missing":
+            typer.echo(f"{r.backbone}/{r.dataset}/{r.split}: missing, skipped ({r.note})")
+            continue
         rate = f", {r.images_per_s:,.1f} img/s" if r.images_per_s else ""
         bad = f", {r.n_invalid} invalid" if r.n_invalid else ""
         typer.echo(
@@ -727,6 +841,9 @@ def main(argv: list[str] | None = None) -> None:
         app(args=argv, standalone_mode=True)
     except BobxError as exc:
         typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except OSError as exc:  # a disk / network failure outside the store's own checks
+        typer.echo(f"error: {' '.join(str(exc).split())}", err=True)
         sys.exit(2)
 
 

@@ -112,6 +112,7 @@ def run_knn(
     """DINO weighted kNN of ``test_split`` against ``train_split``; records per k."""
     from evaluators.knn import HIGHER_IS_BETTER, knn_classify
 
+    store.check_writable()  # a read-only or full store fails now, not after the work
     records: list[Record] = []
     for bb in resolve_backbones(store, backbone, dataset):
         train = store.features(bb, dataset, train_split)
@@ -195,6 +196,7 @@ def run_probe(
     from evaluators._search import l2_normalize
     from evaluators.probe import HIGHER_IS_BETTER, linear_probe
 
+    store.check_writable()  # a read-only or full store fails now, not after the work
     records: list[Record] = []
     clip = protocol == "clip_benchmark"
     for bb in resolve_backbones(store, backbone, dataset):
@@ -366,6 +368,7 @@ def run_calibration(
         softmax,
     )
 
+    store.check_writable()  # a read-only or full store fails now, not after the work
     records: list[Record] = []
     for bb in _probed_backbones(store, backbone, dataset):
         try:

@@ -46,6 +46,7 @@ def run_retrieval(
     gallery_split: str | None = None,
 ) -> list[Record]:
     """Retrieval metrics for one backbone (or ``all``) on ``dataset``; returns the records."""
+    store.check_writable()  # a read-only or full store fails now, not after the work
     records: list[Record] = []
     revisited = _has_gnd(store, dataset) and query_split is None and gallery_split is None
     for bb in resolve_backbones(store, backbone, dataset):
