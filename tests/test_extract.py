@@ -349,13 +349,14 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path: Path, manifes
         "--store",
         url,
     ]
-    markers = tmp_path / "store/features/slow_resnet/digits/test/_bobx/chunks"
+    folder = tmp_path / "store/features/slow_resnet/digits/test"
+    pattern = "*/_bobx/chunks/*.json"  # <generation>/_bobx/chunks/<i>.json
     proc = subprocess.Popen(
         _cli(*args), env=_env(manifests), stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
-        if markers.is_dir() and len(list(markers.glob("*.json"))) >= 2:
+        if folder.is_dir() and len(list(folder.glob(pattern))) >= 2:
             break  # 2 of 20 chunks written: kill it mid-way
         time.sleep(0.005)
     assert proc.poll() is None, "extraction ended before it could be killed"
@@ -366,7 +367,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path: Path, manifes
     store = featcache.open_store(url)
     with pytest.raises(IncompleteError, match="re-run"):
         store.features("slow_resnet", "digits", "test")
-    done = len(list(markers.glob("*.json")))
+    done = len(list(folder.glob(pattern)))
     [res] = run(url, "slow_resnet", splits=["test"], limit=160, chunk_rows=8, batch_size=4)
     assert res.status == "complete" and res.chunks_written == res.chunks_total - done
     reference = mem()
@@ -503,7 +504,8 @@ def test_checkpoints_load_back_by_path_with_identical_features(tmp_path: Path) -
 
     store = mem()
     [ref] = run(store, "tiny_vit", splits=["test"], limit=20, weights="random", seed=7)
-    expected = arrays(store, "tiny_vit", "digits", "test")
+    assert ref.backbone == "tiny_vit@seed7"  # not the catalog seed: its own name
+    expected = arrays(store, ref.backbone, "digits", "test")
     torch.manual_seed(7)
     sd = timm.create_model("test_vit", pretrained=False, num_classes=0, img_size=32).state_dict()
     files = {
@@ -530,10 +532,11 @@ def test_checkpoints_load_back_by_path_with_identical_features(tmp_path: Path) -
             st = mem()
             [res] = run(st, backbone, splits=["test"], limit=20, weights=str(path))
             assert res.cache_key != ref.cache_key
+            assert res.backbone == f"{backbone}@w-{provenance.sha256_file(path)[:8]}"
             np.testing.assert_array_equal(
-                arrays(st, backbone, "digits", "test")["x"], expected["x"]
+                arrays(st, res.backbone, "digits", "test")["x"], expected["x"]
             )
-            weights = st.features(backbone, "digits", "test").spec["attrs"]["weights"]
+            weights = st.features(res.backbone, "digits", "test").spec["attrs"]["weights"]
             assert weights["sha256"] == provenance.sha256_file(path)
             assert weights["path"] == str(path.resolve())
     wrong = tmp_path / "resnet.safetensors"
