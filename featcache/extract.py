@@ -599,10 +599,10 @@ def _check_arguments(
         raise UnknownNameError("feature dtype", dtype, ("float16", "float32"))
     if limit is not None and limit < 1:
         raise DataError(f"--limit must be a positive number of images, got {limit}.")
-    if (
-        chunk_rows is not None
-        and (isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1)
-        or (chunk_rows or 0) > MAX_CHUNK_ROWS
+    if chunk_rows is not None and (
+        isinstance(chunk_rows, bool)
+        or not isinstance(chunk_rows, int)
+        or not 1 <= chunk_rows <= MAX_CHUNK_ROWS
     ):
         raise DataError(
             f"--chunk-rows must be a positive number of rows (at most {MAX_CHUNK_ROWS}), "

@@ -39,6 +39,7 @@ import os
 import re
 import time
 import uuid
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -249,17 +250,18 @@ def read_rows(store: Store, arr: zarr.Array, start: int, stop: int) -> np.ndarra
     return out
 
 
-def chunk_digests(
+def chunk_checksums(
     embeddings: np.ndarray, labels: np.ndarray, ids: Sequence[str], valid: np.ndarray
-) -> dict[str, str]:
-    """sha256 of one chunk's rows of every array, as stored (``bobx verify`` compares)."""
+) -> dict[str, int]:
+    """CRC-32 of one chunk's rows of every array, as stored: kept in the chunk's marker
+    so ``bobx verify`` finds bytes that changed but kept their size (~800 MiB/s here,
+    so checksumming costs a writer little)."""
+    emb = np.ascontiguousarray(embeddings, dtype=embeddings.dtype.newbyteorder("<"))
     return {
-        "embeddings": provenance.sha256_bytes(
-            np.ascontiguousarray(embeddings, dtype=embeddings.dtype.newbyteorder("<")).tobytes()
-        ),
-        "labels": provenance.sha256_bytes(np.ascontiguousarray(labels).tobytes()),
-        "ids": provenance.digest([str(i) for i in ids]),
-        "valid": provenance.sha256_bytes(np.ascontiguousarray(valid, dtype=bool).tobytes()),
+        "embeddings": zlib.crc32(emb.tobytes()),
+        "labels": zlib.crc32(np.ascontiguousarray(labels).tobytes()),
+        "ids": zlib.crc32(provenance.canonical_json([str(i) for i in ids]).encode()),
+        "valid": zlib.crc32(np.ascontiguousarray(valid, dtype=bool).tobytes()),
     }
 
 
@@ -354,8 +356,6 @@ class FeatureSet:
                 store=self._store.zstore, path=f"{self.data_key}/{name}", mode="r"
             )
 
-    _array = array
-
     @property
     def multilabel(self) -> bool:
         return len(self.spec.get("label_shape", [])) == 1
@@ -366,7 +366,7 @@ class FeatureSet:
 
     def embeddings(self, *, dtype: Any = np.float32) -> np.ndarray:
         """All embeddings, (N, D), loaded at once (use :meth:`iter_blocks` when they do not fit)."""
-        arr = self._array("embeddings")
+        arr = self.array("embeddings")
         out = read_rows(self._store, arr, 0, self.n)
         return out if dtype is None else out.astype(dtype, copy=False)
 
@@ -374,7 +374,7 @@ class FeatureSet:
         self, *, block_rows: int | None = None, dtype: Any = np.float32
     ) -> Iterator[np.ndarray]:
         """Embeddings as row blocks in order, chunk-aligned; memory ~ one block."""
-        arr = self._array("embeddings")
+        arr = self.array("embeddings")
         step = block_rows or self.chunk_rows
         step = max(self.chunk_rows, (step // self.chunk_rows) * self.chunk_rows)
         for start in range(0, self.n, step):
@@ -383,7 +383,7 @@ class FeatureSet:
 
     def _read(self, name: str) -> np.ndarray:
         with storage_errors(f"read {self.data_key}/{name}", self._store.url):
-            return np.asarray(self._array(name)[...])
+            return np.asarray(self.array(name)[...])
 
     def labels(self) -> np.ndarray:
         return self._read("labels")
@@ -538,7 +538,7 @@ class FeatureWriter:
             "n_invalid": int((~valid).sum()),
             "cache_key": self.spec["cache_key"],
             "generation": self.generation,
-            "sha256": chunk_digests(emb, labels, id_list, valid),
+            "crc32": chunk_checksums(emb, labels, id_list, valid),
             "host": provenance.host(),
             "written_at": provenance.now_iso(),
         }
@@ -791,31 +791,40 @@ class Store:
     ) -> list[tuple[int, str]]:
         """``(chunk index, problem)`` for ``chunks`` of the set whose arrays live at
         ``where``: a chunk object missing or of the wrong size; index -1 for problems of
-        a whole array (missing, metadata that disagrees with ``spec.json``). One listing."""
+        a whole array (missing, metadata that disagrees with ``spec.json``). Covers the
+        :data:`ARRAYS` and any other array in the generation folder (per-row arrays a
+        later bobx adds: one row per set row, same row chunks). One listing."""
         sizes = self.objects.sizes(where)
         problems: list[tuple[int, str]] = []
         legacy = not spec.get("generation")
-        rows = int(spec["chunk_rows"])
-        for name, (shape, dtype) in _expected_arrays(spec).items():
-            if legacy and name not in ("embeddings", "ids"):
-                continue  # old sets skipped chunks equal to the fill value
+        n, rows = int(spec["n"]), int(spec["chunk_rows"])
+        expected: dict[str, tuple[list[int], str] | None] = dict(_expected_arrays(spec))
+        if legacy:  # old sets skipped chunks equal to the fill value: check what they wrote
+            expected = {"embeddings": expected["embeddings"], "ids": expected["ids"]}
+        else:
+            for key in sizes:
+                parts = key[len(where) + 1 :].split("/")
+                if len(parts) == 2 and parts[1] == "zarr.json" and parts[0] != "_bobx":
+                    expected.setdefault(parts[0], None)
+        for name, want in expected.items():
             meta_key = f"{where}/{name}/zarr.json"
             try:
                 meta = self.objects.get_json(meta_key)
             except StoreError as exc:
                 problems.append((-1, f"the metadata of array {name} is damaged ({exc})"))
                 continue
-            if meta is None:
+            if not isinstance(meta, dict):
                 problems.append((-1, f"array {name} is missing ({meta_key})"))
                 continue
+            shape, dtype = want or (meta.get("shape") or [None], str(meta.get("data_type")))
             got_shape = meta.get("shape")
             got_chunks = (meta.get("chunk_grid") or {}).get("configuration", {}).get("chunk_shape")
-            if got_shape != shape or meta.get("data_type") != dtype:
+            if got_shape != shape or shape[0] != n or meta.get("data_type") != dtype:
                 problems.append(
                     (
                         -1,
                         f"array {name} is {meta.get('data_type')} {got_shape} but spec.json "
-                        f"says {dtype} {shape}",
+                        f"says {dtype} {[n, *shape[1:]]}",
                     )
                 )
                 continue
@@ -886,7 +895,7 @@ class Store:
         self, backbone: str, dataset: str, split: str, *, deep: bool = False
     ) -> SetCheck:
         """Everything :meth:`features` checks, for a set in any state, without raising;
-        ``deep`` also reads every chunk and compares it with the digest in its marker."""
+        ``deep`` also reads every chunk and compares it with the CRC-32 in its marker."""
         key = _fs_key(backbone, dataset, split)
         check = SetCheck(backbone, dataset, split, status="missing")
         try:
@@ -923,10 +932,10 @@ class Store:
                     bad.add(index)
         if deep:
             for index in done:
-                if index in bad or "sha256" not in markers.get(index, {}):
+                if index in bad or "crc32" not in markers.get(index, {}):
                     continue
-                for name in self._changed_arrays(writer, index, markers[index]["sha256"]):
-                    check.problems.append(f"chunk {index} of {name} differs from its digest")
+                for name in self._changed_arrays(writer, index, markers[index]["crc32"]):
+                    check.problems.append(f"chunk {index} of {name} differs from its checksum")
                     bad.add(index)
         for generation in self.objects.list_groups(key):
             if generation.startswith("g-") and generation != spec.get("generation"):
@@ -938,7 +947,7 @@ class Store:
         return check
 
     def _changed_arrays(
-        self, writer: FeatureWriter, index: int, digests: Mapping[str, str]
+        self, writer: FeatureWriter, index: int, checksums: Mapping[str, int]
     ) -> list[str]:
         a, b = writer.chunk_range(index)
         where = writer.data_key
@@ -954,8 +963,8 @@ class Store:
             raise
         except Exception:  # undecodable bytes: everything in this chunk is suspect
             return list(ARRAYS)
-        now = chunk_digests(read["embeddings"], read["labels"], list(read["ids"]), read["valid"])
-        return [name for name in ARRAYS if digests.get(name) not in (None, now[name])]
+        now = chunk_checksums(read["embeddings"], read["labels"], list(read["ids"]), read["valid"])
+        return [name for name in ARRAYS if checksums.get(name) not in (None, now[name])]
 
     def remove_orphans(self, backbone: str, dataset: str, split: str) -> list[str]:
         """Delete generation folders the set's spec does not name (left by fenced
@@ -970,6 +979,11 @@ class Store:
                 self.objects.delete_prefix(f"{key}/{generation}")
                 removed.append(generation)
         return removed
+
+    def forget_lost_chunks(self, backbone: str, dataset: str, split: str) -> list[int]:
+        """Drop the markers of an unfinished set's lost chunks (resuming recomputes them)."""
+        _, writer = self._open_set(_fs_key(backbone, dataset, split))
+        return writer.forget_lost_chunks()
 
     def unpublish(self, backbone: str, dataset: str, split: str, chunks: Sequence[int]) -> None:
         """Withdraw a damaged set's ``complete.json`` and the markers of ``chunks``, so

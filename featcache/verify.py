@@ -3,7 +3,7 @@
 :func:`verify_store` is the library twin. For each feature set it runs
 :meth:`featcache.store.Store.check_features` (every chunk object present with its size,
 array metadata that agrees with ``spec.json``, markers for every chunk of a published
-set, orphan generations; with ``deep`` also every chunk's bytes against the digest its
+set, orphan generations; with ``deep`` also every chunk's bytes against the CRC-32 its
 marker recorded), and for the result records it checks that every loose record and
 pack can be read and that no live record holds a non-finite value.
 
@@ -131,6 +131,12 @@ def _repair_set(
         finding.repaired.append(f"removed orphan generation(s) {', '.join(gone)}")
     if check.status == "damaged spec" or check.fatal:
         finding.hint = f"cannot be recomputed: remove it ({_rm(check)}) and extract it again"
+    elif check.bad_chunks and check.status.startswith("partial"):
+        store.forget_lost_chunks(check.backbone, check.dataset, check.split)
+        finding.repaired.append(
+            f"dropped the markers of lost chunk(s) {', '.join(map(str, check.bad_chunks))}: "
+            "the extraction that finishes this set recomputes them"
+        )
     elif check.bad_chunks and check.source != "extract":
         finding.hint = _hint(check)
     elif check.bad_chunks:

@@ -28,6 +28,23 @@ def bobx(*args: str, store: str, check: bool = True) -> subprocess.CompletedProc
     return proc
 
 
+def record_args(value: str = "0.5", backbone: str = "a") -> list[str]:
+    """``bobx record`` of one top-1 value (store given by :func:`bobx`)."""
+    return [
+        "record",
+        "--backbone",
+        backbone,
+        "--task",
+        "classification",
+        "--dataset",
+        "d",
+        "--metric",
+        "top1",
+        "--value",
+        value,
+    ]
+
+
 def test_record_results_roundtrip(tmp_path):
     store = str(tmp_path / "s")
     out = bobx(
@@ -196,19 +213,6 @@ def test_import_results_bad_rows(tmp_path):
 
 
 def test_cli_against_s3(s3_url):
-    bobx(
-        "record",
-        "--backbone",
-        "a",
-        "--task",
-        "classification",
-        "--dataset",
-        "d",
-        "--metric",
-        "top1",
-        "--value",
-        "1.0",
-        store=s3_url,
-    )
+    bobx(*record_args("1.0"), store=s3_url)
     rows = json.loads(bobx("results", "--format", "json", store=s3_url).stdout)
     assert [r["backbone"] for r in rows] == ["a"]

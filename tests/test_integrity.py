@@ -38,30 +38,18 @@ from featcache.errors import (
     StoreError,
     UnknownNameError,
 )
-from featcache.extract import extract
 from featcache.verify import verify_store
 from tests import _imagegen as gen
 from tests._faulty_store import FaultyStore
-from tests.test_cli_store import bobx
+from tests.test_cli_store import bobx, record_args
+from tests.test_extract import TINY, arrays, assert_same_sets, mem, run
 
-TINY = """
-tiny_resnet:
-  source: timm
-  model: resnet10t
-  resolution: 32
-  style: random
+TINY_SUP = """
 tiny_sup:             # a "pretrained" entry: --weights random must not take its name
   source: timm
   model: resnet10t
   resolution: 32
   style: supervised
-tiny_vit:
-  source: timm
-  model: test_vit
-  model_kwargs: {img_size: 32}
-  resolution: 32
-  family: vit
-  style: random
 """
 
 
@@ -69,35 +57,13 @@ tiny_vit:
 def manifests(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("manifests")
     (root / "backbones").mkdir()
-    (root / "backbones" / "tiny.yaml").write_text(TINY)
+    (root / "backbones" / "tiny.yaml").write_text(TINY + TINY_SUP)
     return root
 
 
 @pytest.fixture(autouse=True)
 def _use_manifests(monkeypatch: pytest.MonkeyPatch, manifests: Path) -> None:
     monkeypatch.setenv("BOBX_MANIFESTS", str(manifests))
-
-
-def mem() -> featcache.Store:
-    return featcache.open_store(f"memory://{uuid.uuid4().hex}")
-
-
-def run(store: Any, backbone: str, dataset: str = "digits", **kw: Any) -> list[Any]:
-    kw.setdefault("device", "cpu")
-    kw.setdefault("progress", False)
-    kw.setdefault("num_workers", 0)
-    return extract(store, backbone, dataset, **kw)
-
-
-def arrays(store: featcache.Store, backbone: str, dataset: str, split: str) -> dict[str, Any]:
-    fs = store.features(backbone, dataset, split)
-    return {"x": fs.embeddings(dtype=None), "y": fs.labels(), "ids": fs.ids(), "v": fs.valid()}
-
-
-def assert_same_sets(a: dict[str, Any], b: dict[str, Any]) -> None:
-    assert a["x"].dtype == b["x"].dtype
-    for key in a:
-        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
 def chunk_key(store: featcache.Store, set_key: str, array: str, index: int) -> str:
@@ -114,22 +80,6 @@ def one_line_error(proc: subprocess.CompletedProcess[str], *needles: str) -> str
     for needle in needles:
         assert needle in proc.stderr, (needle, proc.stderr)
     return proc.stderr
-
-
-def record_args(value: str = "0.5", backbone: str = "a") -> list[str]:
-    return [
-        "record",
-        "--backbone",
-        backbone,
-        "--task",
-        "classification",
-        "--dataset",
-        "d",
-        "--metric",
-        "top1",
-        "--value",
-        value,
-    ]
 
 
 # ------------------------------------------------------ 1. overwrite fences the old writer
@@ -157,6 +107,11 @@ def test_overwrite_while_another_writer_runs_fences_it(tmp_path: Path) -> None:
         arrays(store, "tiny_resnet", "digits", "test"),
         arrays(reference, "tiny_resnet", "digits", "test"),
     )
+    # what A wrote after it was replaced is an orphan generation, which --repair deletes
+    [finding] = verify_store(store, deep=False, backbone="tiny_resnet").findings
+    assert any("orphan generation" in p for p in finding.problems)
+    assert verify_store(store, deep=False, repair=True, backbone="tiny_resnet").ok
+    assert verify_store(store).ok
 
 
 # ------------------------------------------------------ 2. lost chunks, verify, repair, rm
@@ -168,6 +123,10 @@ def test_lost_chunks_are_refused_then_repaired_and_removed(tmp_path: Path) -> No
     set_key = "features/tiny_resnet/digits/test"
     store.objects.delete(chunk_key(store, set_key, "embeddings", 2))
     store.objects.delete(chunk_key(store, set_key, "labels", 0))
+    rotten = chunk_key(store, set_key, "embeddings", 1)  # same size, other bytes: bit rot
+    raw = bytearray(store.objects.get(rotten) or b"")
+    raw[10] ^= 0xFF
+    store.objects.put(rotten, bytes(raw))
     with pytest.raises(IntegrityError) as err:
         store.features("tiny_resnet", "digits", "test")
     message = str(err.value)
@@ -176,9 +135,10 @@ def test_lost_chunks_are_refused_then_repaired_and_removed(tmp_path: Path) -> No
 
     found = bobx("verify", store=url, check=False)
     assert found.returncode == 1, found.stderr
-    assert "tiny_resnet/digits/test" in found.stdout and "chunk 2" in found.stdout
+    assert "tiny_resnet/digits/test" in found.stdout and "chunk 2 of embeddings" in found.stdout
+    assert "chunk 1 of embeddings differs from its checksum" in found.stdout
     repaired = bobx("verify", "--repair", store=url)
-    assert "repaired: recomputed chunk(s) 0, 2" in repaired.stdout
+    assert "repaired: recomputed chunk(s) 0, 1, 2" in repaired.stdout
     assert_same_sets(arrays(featcache.open_store(url), "tiny_resnet", "digits", "test"), before)
     assert verify_store(featcache.open_store(url)).ok
 
@@ -188,6 +148,41 @@ def test_lost_chunks_are_refused_then_repaired_and_removed(tmp_path: Path) -> No
     assert store.objects.list_prefix("features/tiny_resnet/digits/test/") == []
     with pytest.raises(UnknownNameError):
         store.remove_features("tiny_resnet", "digits")
+
+
+def test_a_per_row_array_added_later_is_checked_too() -> None:
+    """An array a later bobx adds beside the four (e.g. row norms) is covered on open."""
+    import zarr
+
+    store = mem()
+    x = np.random.default_rng(0).standard_normal((60, 4)).astype(np.float32)
+    fs = store.import_features("b", "d", "s", x, labels=np.arange(60) % 2)
+    norms = zarr.create_array(
+        store=store.zstore, name=f"{fs.data_key}/norms", shape=(60,), chunks=(fs.chunk_rows,),
+        dtype="float32", compressors=None,
+    )  # fmt: skip
+    norms[:] = np.linalg.norm(x, axis=1)
+    assert store.features("b", "d", "s").n == 60
+    store.objects.delete(f"{fs.data_key}/norms/c/0")
+    with pytest.raises(IntegrityError, match="chunk 0 of norms"):
+        store.features("b", "d", "s")
+
+
+def test_verify_repair_of_an_unfinished_set_lets_the_resume_recompute() -> None:
+    store = mem()
+    x = np.random.default_rng(0).standard_normal((100, 4)).astype(np.float32)
+    writer = store.create_features("b", "d", "s", n=100, dim=4, cache_key="k", chunk_rows=25)
+    for index in (0, 1):
+        a, b = writer.chunk_range(index)
+        writer.write_chunk(index, x[a:b], labels=np.zeros(b - a), ids=["i"] * (b - a))
+    store.objects.delete(f"{writer.data_key}/embeddings/c/1/0")
+    [finding, records] = verify_store(store).findings
+    assert (
+        finding.status == "partial (2/4 chunks)" and "chunk 1 of embeddings" in finding.problems[0]
+    )
+    assert records.ok
+    assert verify_store(store, repair=True).ok
+    assert writer.missing_chunks() == [1, 2, 3]
 
 
 def test_overwrite_with_the_same_key_rebuilds() -> None:

@@ -247,6 +247,42 @@ class TestStoreContract:
         fs = store.features("bb", "ds", "z")
         assert fs.n_invalid == 100 and not fs.valid().any()
 
+    def test_sets_of_the_layout_before_generations_still_read_and_resume(self, store):
+        """A set bobx wrote before generations: arrays and markers directly under the set."""
+        import zarr
+
+        x = np.random.default_rng(4).standard_normal((60, 4)).astype(np.float32)
+        key = "features/bb/ds/old"
+        spec = {"format": 1, "cache_key": "k0", "n": 60, "dim": 4, "dtype": "float32"}
+        spec.update(label_shape=[], chunk_rows=25, attrs={}, created_at="2026-01-01")
+        store.objects.put_new_json(f"{key}/_bobx/spec.json", spec)
+        arrays = {
+            "embeddings": (x, 0.0, None),
+            "labels": (np.arange(60) % 3, -1, "auto"),
+            "ids": (np.array([f"i{i}" for i in range(60)], dtype=object), "", "auto"),
+            "valid": (np.ones(60, bool), False, "auto"),
+        }
+        for name, (data, fill, comp) in arrays.items():
+            arr = zarr.create_array(
+                store=store.zstore, name=f"{key}/{name}", shape=data.shape, fill_value=fill,
+                chunks=(25, *data.shape[1:]), dtype=str if name == "ids" else data.dtype,
+                compressors=comp,
+            )  # fmt: skip
+            arr[:50] = data[:50]  # chunks 0 and 1 written, chunk 2 not yet
+        for index in (0, 1):
+            store.objects.put_new_json(f"{key}/_bobx/chunks/{index:08d}.json", {"n_invalid": 0})
+        writer = store.create_features(
+            "bb", "ds", "old", n=60, dim=4, cache_key="k0", dtype="float32"
+        )
+        assert writer.data_key == key and writer.missing_chunks() == [2]
+        writer.write_chunk(
+            2, x[50:], labels=np.arange(50, 60) % 3, ids=[f"i{i}" for i in range(50, 60)]
+        )
+        assert writer.finalize()
+        fs = store.features("bb", "ds", "old")
+        np.testing.assert_array_equal(fs.embeddings(), x)
+        assert list(fs.ids()) == [f"i{i}" for i in range(60)]
+
     def test_non_finite_values_are_refused(self, store):
         for value in (float("inf"), float("-inf"), float("nan")):
             with pytest.raises(DataError, match="finite|NaN"):
