@@ -44,6 +44,9 @@ T = TypeVar("T")
 #: Process-wide named memory stores, so ``memory://name`` opened twice is one store.
 _MEMORY: dict[str, dict[str, Any]] = {}
 _MEMORY_LOCK = threading.Lock()
+#: Create-only writes to in-process stores (memory, other fsspec backends): one lock for
+#: every Store object, since two of them may open the same ``memory://name``.
+_PUT_NEW_LOCK = threading.Lock()
 
 #: errno -> what it means for a store, and what to do about it.
 _OS_ERRORS = {
@@ -175,7 +178,6 @@ class Objects:
     def __init__(self, zstore: ZarrStore, url: str = "") -> None:
         self.zstore = zstore
         self.url = url or str(zstore)
-        self._lock = threading.Lock()
 
     def _do(self, action: str, coro: Coroutine[Any, Any, T]) -> T:
         with storage_errors(action, self.url):
@@ -283,7 +285,7 @@ class Objects:
                 error = storage_error(exc, f"write {key}", self.url)
                 raise error or StoreError(f"Cannot write {key!r} to the S3 store: {exc}") from exc
             return True
-        with self._lock:  # memory (one process) and other fsspec stores
+        with _PUT_NEW_LOCK:  # memory (one process) and other fsspec stores
             if self.exists(key):
                 return False
             self.put(key, data)

@@ -38,6 +38,7 @@ from featcache.errors import (
     StoreError,
     UnknownNameError,
 )
+from featcache.runners.classification import run_knn
 from featcache.verify import verify_store
 from tests import _imagegen as gen
 from tests._faulty_store import FaultyStore
@@ -414,6 +415,8 @@ def test_read_only_store_gives_one_line_errors_and_still_reads(tmp_path: Path) -
             pytest.skip("the read-only bind mount is writable here")
         for args in (record_args(), ["compact"], KNN, [*EXTRACT, "--no-progress"]):
             one_line_error(bobx(*args, store=url, check=False), "read-only")
+        with pytest.raises(StoreError, match="not writable"):  # checked before any read
+            run_knn(featcache.open_store(url), "no_such_backbone", "ds")
         assert len(json.loads(bobx("results", "--format", "json", store=url).stdout)) == 1
         assert "bb" in bobx("ls", store=url).stdout
 
