@@ -296,8 +296,8 @@ def verify_cmd(
         _echo_json(report.to_dict())
     else:
         for f in report.findings:
-            state = "ok" if f.ok else f"{len(f.problems)} problem(s)"
-            typer.echo(f"{f.name}: {f.status}, {state}")
+            state = "" if f.ok else f", {len(f.problems)} problem(s)"
+            typer.echo(f"{f.name}: {f.status}{state}")
             for problem in f.problems:
                 typer.echo(f"  - {problem}")
             for done in f.repaired:

@@ -617,6 +617,17 @@ def _check_arguments(
         )
 
 
+def _resolve(backbone: str | BackboneSpec, layer: str | None, dataset: Any) -> tuple[Any, Any]:
+    """The backbone spec (another feature point is its own backbone, ``<name>@<feature>``)
+    and the dataset spec."""
+    from featcache.datasets import get_dataset_spec
+
+    spec = get_backbone_spec(backbone)
+    if layer is not None:
+        spec = with_feature(spec, layer)
+    return spec, get_dataset_spec(dataset) if isinstance(dataset, str) else dataset
+
+
 def planned_cache_key(
     backbone: str | BackboneSpec,
     dataset: Any,
@@ -633,13 +644,10 @@ def planned_cache_key(
 ) -> str:
     """The cache key :func:`extract` would give this split, computed without running
     anything (no weights are loaded): ``bobx verify --repair`` checks it first."""
-    from featcache.datasets import get_dataset_spec, open_split
+    from featcache.datasets import open_split
     from featcache.models import plan_backbone
 
-    spec = get_backbone_spec(backbone)
-    if layer is not None:
-        spec = with_feature(spec, layer)
-    dspec = get_dataset_spec(dataset) if isinstance(dataset, str) else dataset
+    spec, dspec = _resolve(backbone, layer, dataset)
     plan = plan_backbone(spec, weights, seed=seed)
     data = open_split(dspec, split, data_root=data_root, query_crop=query_crop, limit=limit)
     recipe = cache_recipe(
@@ -713,7 +721,7 @@ def extract(
     Returns:
         One :class:`ExtractResult` per split, in order.
     """
-    from featcache.datasets import MissingSplitError, get_dataset_spec, open_split
+    from featcache.datasets import MissingSplitError, open_split
 
     _check_arguments(
         precision=precision,
@@ -729,10 +737,7 @@ def extract(
     auto_batch = batch_size == "auto"
     st = store if isinstance(store, Store) else open_store(store)
     st.check_writable()  # a read-only or full store fails now, before any model loads
-    spec = get_backbone_spec(backbone)
-    if layer is not None:  # another feature point is another feature set: <name>@<feature>
-        spec = with_feature(spec, layer)
-    dspec = get_dataset_spec(dataset) if isinstance(dataset, str) else dataset
+    spec, dspec = _resolve(backbone, layer, dataset)
     split_names = list(splits) if splits else list(dspec.default_splits)
     dev = resolve_device(device)
     from featcache.models import load_backbone, plan_backbone
@@ -752,7 +757,6 @@ def extract(
         except MissingSplitError as exc:
             if splits:
                 raise
-            log.warning("%s; skipped", exc)
             results.append(_missing(backbone_name, dspec.name, split_name, str(exc)))
             continue
         if len(split) == 0:
