@@ -28,22 +28,9 @@ from featcache.report import build_report, redact_url
 from tests import _browser
 from tests.data.bob_paper import paper
 from tests.test_cli_store import bobx
+from tests.test_end_to_end import manifests  # noqa: F401 (the tiny backbones' catalog)
 
-TINY = """
-rep_resnet:
-  source: timm
-  model: resnet10t
-  resolution: 32
-  style: random
-rep_vit:
-  source: timm
-  model: test_vit
-  model_kwargs: {img_size: 32}
-  resolution: 32
-  family: vit
-  style: random
-"""
-BACKBONES = ("rep_resnet", "rep_vit")
+BACKBONES = ("e2e_resnet", "e2e_vit")  # tiny random-init timm models (test_end_to_end)
 SPEED_METRICS = {  # the speed job's contract: name -> higher is better
     "images_per_s": True,
     "latency_p50_ms": False,
@@ -81,21 +68,14 @@ def paper_store(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(scope="module")
-def manifests(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("manifests")
-    (root / "backbones").mkdir()
-    (root / "backbones" / "tiny.yaml").write_text(TINY)
-    return root
-
-
-@pytest.fixture(scope="module")
-def digits_store(tmp_path_factory: pytest.TempPathFactory, manifests: Path) -> Any:
+def digits_store(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Any:
     """Digits flow (600 train / 450 test images) plus contract-shaped job outputs."""
+    catalog = request.getfixturevalue("manifests")  # test_end_to_end's tiny backbones
     from featcache.extract import extract
     from featcache.runners.classification import run_calibration, run_knn, run_probe
 
     mp = pytest.MonkeyPatch()
-    mp.setenv("BOBX_MANIFESTS", str(manifests))
+    mp.setenv("BOBX_MANIFESTS", str(catalog))
     url = str(tmp_path_factory.mktemp("digits") / "store")
     store = featcache.open_store(url)
     for bb in BACKBONES:
@@ -159,7 +139,7 @@ def write_job_outputs(store: featcache.Store) -> None:
                              value=0.3 + 0.1 * i - 0.02 * j, params=det)  # fmt: skip
     # a re-run of one robustness setting: the report must use the later record
     store.record(
-        backbone="rep_vit", task="robustness", dataset="digits", metric="top1", value=0.123,
+        backbone="e2e_vit", task="robustness", dataset="digits", metric="top1", value=0.123,
         params={"attack": "pgd", "norm": "linf", "eps": "2/255", "eps_value": 2 / 255,
                 "steps": 20, "step_size": 2 / 255 / 5, "random_start": True, "head": "probe"},
     )  # fmt: skip
@@ -398,7 +378,7 @@ def test_digits_detection_robustness_speed(digits_store, digits_report):
     rob = page.find("section", id="robustness")
     heads = [th.get_text() for th in rob.select("thead th")]
     assert heads == ["backbone", "eps 0", "eps 1/255", "eps 2/255"]
-    vit = next(tr for tr in rob.select("tbody tr") if tr.td.get_text() == "rep_vit")
+    vit = next(tr for tr in rob.select("tbody tr") if tr.td.get_text() == "e2e_vit")
     assert float(vit.find_all("td")[3]["data-value"]) == 0.123  # the re-run, not the first run
     assert rob.find("svg", class_="figure") is not None
     prov = page.select("#t-records tbody tr")
@@ -407,7 +387,7 @@ def test_digits_detection_robustness_speed(digits_store, digits_report):
     speed = page.find("section", id="speed")
     captions = [f.figcaption.get_text() for f in speed.find_all("figure")]
     assert any("cpu / fp32 / batch 32 / 32 px" in c for c in captions)
-    assert {"rep_resnet", "rep_vit"} <= {t.get_text() for t in speed.find_all("text")}
+    assert {"e2e_resnet", "e2e_vit"} <= {t.get_text() for t in speed.find_all("text")}
 
 
 def test_digits_provenance_has_cache_keys_hosts_and_feature_sets(digits_store, digits_report):
@@ -429,12 +409,12 @@ def test_digits_provenance_has_cache_keys_hosts_and_feature_sets(digits_store, d
 
 
 def test_filters_and_empty_store(digits_store, tmp_path):
-    out = build_report(digits_store, tmp_path / "vit.html", backbones=["rep_vit"], n_boot=0)
+    out = build_report(digits_store, tmp_path / "vit.html", backbones=["e2e_vit"], n_boot=0)
     page = soup(out)
     assert {tr["data-backbone"] for tr in page.select("tr[data-backbone]")} == set()  # 1 backbone
     assert "Nothing to rank" in page.find("section", id="ranking").get_text()
     assert {tr.find_all("td")[1].get_text() for tr in page.select("#t-records tbody tr")} == {
-        "rep_vit"
+        "e2e_vit"
     }
     out = build_report(digits_store, tmp_path / "det.html", tasks=["detection"], n_boot=0)
     assert {r["task"] for r in ranking_rows(soup(out))} == {"detection", "overall"}
@@ -457,6 +437,19 @@ def test_bad_input_is_one_line_errors(digits_store, tmp_path):
     proc = bobx("report", "--output", str(tmp_path), store=url, check=False)
     assert proc.returncode == 2 and "is a directory" in proc.stderr
     assert not list(tmp_path.glob("*.html"))
+
+
+def test_output_is_replaced_whole_with_the_umask_permissions(digits_store, tmp_path):
+    out = tmp_path / "sub" / "r.html"
+    old = os.umask(0o022)
+    try:
+        build_report(digits_store, out, tasks=["detection"], n_boot=0, title="first")
+        build_report(digits_store, out, tasks=["detection"], n_boot=0, title="second")
+    finally:
+        os.umask(old)
+    assert soup(out).title.get_text() == "second"
+    assert out.stat().st_mode & 0o777 == 0o644  # a page to send around, not private
+    assert [p.name for p in out.parent.iterdir()] == ["r.html"]  # no temporary left
 
 
 def test_redact_url():

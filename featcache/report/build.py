@@ -13,7 +13,7 @@ JavaScript inlined, on request) are inside it.
 from __future__ import annotations
 
 import os
-import tempfile
+import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,55 +27,33 @@ from featcache.store import Store
 
 
 def build_report(
-    store: Store,
-    output: str | os.PathLike[str] = "report.html",
-    *,
-    tasks: Sequence[str] | None = None,
-    backbones: Sequence[str] | None = None,
-    datasets: Sequence[str] | None = None,
-    title: str | None = None,
-    n_boot: int = 1000,
-    seed: int = 0,
-    weight: str = "task",
-    min_tasks: int = 1,
-    interactive: bool = False,
+    store: Store, output: str | os.PathLike[str] = "report.html", **options: Any
 ) -> Path:
     """Write the report of ``store`` to ``output`` (one HTML file) and return its path.
 
-    ``tasks`` / ``backbones`` / ``datasets`` filter as in ``bobx rank``; ``n_boot``, ``seed``,
-    ``weight`` and ``min_tasks`` go to :func:`~featcache.runners.ranking.rank_store`, so the
-    page's ranking equals ``bobx rank`` with the same options. ``interactive`` adds Plotly
-    figures (``pip install 'bobx[interactive]'``). The file is replaced atomically: a reader
-    never sees half a page."""
+    ``options`` are :func:`report_context`'s: ``tasks`` / ``backbones`` / ``datasets`` filter
+    as in ``bobx rank``; ``n_boot``, ``seed``, ``weight`` and ``min_tasks`` go to
+    :func:`~featcache.runners.ranking.rank_store`, so the page's ranking equals ``bobx rank``
+    with the same options; ``title``; ``interactive`` adds Plotly figures (``pip install
+    'bobx[interactive]'``). The file is replaced whole: a reader never sees half a page."""
     out = Path(output)
     if out.is_dir():
         raise DataError(f"{out} is a directory; give a file name such as {out / 'report.html'}.")
-    html = render_report(
-        store,
-        tasks=tasks,
-        backbones=backbones,
-        datasets=datasets,
-        title=title,
-        n_boot=n_boot,
-        seed=seed,
-        weight=weight,
-        min_tasks=min_tasks,
-        interactive=interactive,
-    )
+    html = render_report(store, **options)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent)
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:12]}.partial")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with open(tmp, "x", encoding="utf-8") as f:  # the umask's permissions, unlike mkstemp
             f.write(html)
         os.replace(tmp, out)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return out
 
 
 def render_report(store: Store, **options: Any) -> str:
-    """The report as an HTML string (options as :func:`build_report`)."""
+    """The report as an HTML string (options as :func:`report_context`)."""
     from jinja2 import Environment, PackageLoader, StrictUndefined
 
     env = Environment(
@@ -112,7 +90,16 @@ def report_context(
     min_tasks: int = 1,
     interactive: bool = False,
 ) -> dict[str, Any]:
-    """Everything the template shows (see :func:`build_report` for the options)."""
+    """Everything the template shows.
+
+    Args:
+        store: the store to report on.
+        tasks, backbones, datasets: only these (as ``bobx rank``); empty or None: all.
+        title: the page title (default: the store URL).
+        n_boot, seed, weight, min_tasks: the ranking's, passed to
+            :func:`~featcache.runners.ranking.rank_store`.
+        interactive: add Plotly figures (plotly.js inlined; needs the ``interactive`` extra).
+    """
     from markupsafe import Markup
 
     from evaluators.ranking import SETTING_COLUMNS, latest_records
