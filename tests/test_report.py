@@ -139,7 +139,7 @@ def write_job_outputs(store: featcache.Store) -> None:
                              value=0.3 + 0.1 * i - 0.02 * j, params=det)  # fmt: skip
     # a re-run of one robustness setting: the report must use the later record
     store.record(
-        backbone="e2e_vit", task="robustness", dataset="digits", metric="top1", value=0.123,
+        backbone=BACKBONES[1], task="robustness", dataset="digits", metric="top1", value=0.123,
         params={"attack": "pgd", "norm": "linf", "eps": "2/255", "eps_value": 2 / 255,
                 "steps": 20, "step_size": 2 / 255 / 5, "random_start": True, "head": "probe"},
     )  # fmt: skip
@@ -437,6 +437,30 @@ def test_bad_input_is_one_line_errors(digits_store, tmp_path):
     proc = bobx("report", "--output", str(tmp_path), store=url, check=False)
     assert proc.returncode == 2 and "is a directory" in proc.stderr
     assert not list(tmp_path.glob("*.html"))
+
+
+def test_backbones_outside_the_catalog_get_unknown_metadata(tmp_path):
+    """Imported results of a backbone the catalog does not know (no family, no parameter
+    count) beside catalog backbones: the page is built, its family reads "unknown"."""
+    from featcache.runners.ranking import correlate_store
+
+    store = featcache.open_store(str(tmp_path / "store"))
+    names = ("sup_resnet50_in1k", "dino_vitb_in1k", "clip_vitb_laion2b", "my_model")
+    for i, bb in enumerate(names):
+        for dataset in ("d1", "d2", "d3"):
+            store.record(backbone=bb, task="classification", dataset=dataset, metric="top1",
+                         value=0.5 + 0.1 * ((i * 7 + len(dataset)) % 4))  # fmt: skip
+            store.record(backbone=bb, task="retrieval", dataset=dataset, metric="map",
+                         value=0.2 + 0.05 * ((i * 3 + len(dataset)) % 5))  # fmt: skip
+    page = soup(build_report(store, tmp_path / "r.html", n_boot=0))
+    assert "my_model" in {tr["data-backbone"] for tr in page.select("tr[data-backbone]")}
+    shown = {
+        tr.find_all("td")[1].get_text() for tr in page.select("#t-metadata-correlations tbody tr")
+    }
+    assert shown == {"all", "cnn", "vit"}  # my_model has no metadata to correlate (n = 0)
+    corr = correlate_store(store)["metadata"]
+    assert set(corr["family"]) == {"all", "cnn", "vit", "unknown"}
+    assert (corr.loc[corr["family"] == "unknown", "n"] == 0).all()
 
 
 def test_output_is_replaced_whole_with_the_umask_permissions(digits_store, tmp_path):
