@@ -317,6 +317,8 @@ def test_digits_report_sections_and_values(digits_store, digits_report):
     from featcache.runners.ranking import rank_store
 
     assert_ranking_equals(page, rank_store(digits_store, n_boot=200))
+    ids = [tag["id"] for tag in page.find_all(id=True)]  # figures' own ids included
+    assert len(ids) == len(set(ids))
     # footer: version, the store's URL and the record count
     footer = page.find("footer").get_text(" ", strip=True)
     assert digits_store.url in footer and f"{len(digits_store.results())} records" in footer

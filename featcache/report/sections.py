@@ -421,7 +421,7 @@ def finetune(store: Store, latest: pd.DataFrame, figs: Figures) -> list[dict[str
             body.append(
                 [
                     cell(run["backbone"]),
-                    cell(run["run"][:12], title=run["run"]),
+                    cell(short(run["run"], 28), title=run["run"]),
                     cell("yes" if run["selected"] else "no"),
                     cell(
                         knobs(
@@ -525,7 +525,7 @@ def robustness(latest: pd.DataFrame, figs: Figures) -> list[dict[str, Any]]:
         attack = json.loads(group["knobs"])
         title = str(group["where"]) + (f": {knobs(attack, sorted(attack))}" if attack else "")
         figure = figs.draw(
-            partial(figures.robustness_figure, grp, title),
+            partial(figures.robustness_figure, grp, str(group["where"])),
             f"top-1 under attack against eps, {title}",
         )
         wide = grp.pivot_table(index="label", columns="eps", values="value", aggfunc="last")
