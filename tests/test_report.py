@@ -478,6 +478,18 @@ def test_output_is_replaced_whole_with_the_umask_permissions(digits_store, tmp_p
     assert [p.name for p in out.parent.iterdir()] == ["r.html"]  # no temporary left
 
 
+def test_same_store_same_page(digits_store):
+    """Two builds differ only in their time stamp (figure ids are salted, not random)."""
+    from featcache.report import render_report
+
+    def page() -> str:
+        html = render_report(digits_store, tasks=["robustness", "calibration"], n_boot=20)
+        return re.sub(r"on \d{4}-\d\d-\d\d \d\d:\d\d UTC", "", html)
+
+    first = page()
+    assert "<svg" in first and first == page()
+
+
 def test_redact_url():
     assert redact_url("s3://AKIA:s3cret@bucket/team/bobx?token=t") == "s3://bucket/team/bobx"
     assert redact_url("http://u:p@minio.local:9000/b/p") == "http://minio.local:9000/b/p"

@@ -124,9 +124,9 @@ def ranking_figure(rows: pd.DataFrame, title: str) -> Figure:
     return fig
 
 
-def metadata_figure(scores: pd.DataFrame, meta: pd.DataFrame, variables: Mapping[str, str]) -> (
-    Figure | None
-):  # fmt: skip
+def metadata_figure(
+    scores: pd.DataFrame, meta: pd.DataFrame, variables: Mapping[str, str]
+) -> Figure | None:
     """Score against backbone metadata (one panel per variable with data), coloured by
     architecture family and shaped by training style (the paper's ViT-vs-CNN scatters).
 
@@ -134,9 +134,7 @@ def metadata_figure(scores: pd.DataFrame, meta: pd.DataFrame, variables: Mapping
     ``variables`` (column -> axis label). Returns ``None`` when no variable has data."""
     merged = scores.merge(meta, on="backbone", how="inner")
     merged = merged.assign(family=_known(merged["family"]), style=_known(merged["style"]))
-    usable = [
-        v for v in variables if np.isfinite(pd.to_numeric(merged[v], errors="coerce")).sum() > 0
-    ]
+    usable = [v for v in variables if (pd.to_numeric(merged[v], errors="coerce") > 0).any()]
     if not usable:
         return None
     families = sorted(merged["family"].unique())
