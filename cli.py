@@ -621,6 +621,44 @@ def correlate_cmd(
     typer.echo(out["metadata"].to_string(index=False, float_format="%.3f"))
 
 
+# --------------------------------------------------------------------------- report
+@app.command("report")
+def report_cmd(
+    output: Annotated[Path, typer.Option(help="The HTML file to write.")] = Path("report.html"),
+    task: Annotated[list[str] | None, typer.Option(help="Only these tasks (repeatable).")] = None,
+    backbone: Annotated[list[str] | None, typer.Option(help="Only these (repeatable).")] = None,
+    dataset: Annotated[list[str] | None, typer.Option(help="Only these (repeatable).")] = None,
+    title: Annotated[str | None, typer.Option(help="Page title (default: the store URL).")] = None,
+    n_boot: Annotated[int, typer.Option(help="Bootstrap replicates (0: none).")] = 1000,
+    seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
+    weight: Annotated[
+        Weight, typer.Option(help="overall = mean of task scores, or of all settings.")
+    ] = Weight.task,
+    min_tasks: Annotated[int, typer.Option(help="Overall: backbones in >= this many tasks.")] = 1,
+    interactive: Annotated[
+        bool, typer.Option(help="Add Plotly figures (plotly.js inlined; needs bobx[interactive]).")
+    ] = False,
+    store: StoreOpt = None,
+) -> None:
+    """One self-contained HTML page: rankings, per-setting tables, figures, provenance."""
+    from featcache.report import build_report
+
+    path = build_report(
+        _store(store),
+        output,
+        tasks=task,
+        backbones=backbone,
+        datasets=dataset,
+        title=title,
+        n_boot=n_boot,
+        seed=seed,
+        weight=weight.value,
+        min_tasks=min_tasks,
+        interactive=interactive,
+    )
+    typer.echo(str(path.resolve()))
+
+
 # --------------------------------------------------------------------------- catalog, extraction
 class Precision(StrEnum):
     fp32 = "fp32"

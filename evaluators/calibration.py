@@ -164,7 +164,9 @@ def calibration_metrics(probs: np.ndarray, labels: np.ndarray, *, n_bins: int = 
 def reliability_diagram(
     probs: np.ndarray, labels: np.ndarray, path: str | Path, *, n_bins: int = 15
 ) -> Path:
-    """Write a reliability diagram (accuracy vs confidence per bin) as a PNG.
+    """Write a reliability diagram (accuracy vs confidence per bin) to ``path``.
+
+    The format follows the suffix of ``path`` (``.png``, ``.svg``, ``.pdf``).
 
     Bars show per-bin accuracy, the diagonal is perfect calibration, the gap to the
     bin's mean confidence is shaded; the title carries ECE and top-1. Shapes as in
@@ -203,7 +205,7 @@ def reliability_diagram(
     ax.legend(loc="upper left")
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png", bbox_inches="tight")
+    fig.savefig(out, bbox_inches="tight")
     plt.close(fig)
     return out
 

@@ -28,3 +28,7 @@ done
 
 "$BOBX" ls
 "$BOBX" rank --n-boot 200
+
+# one page to look at and send around: rankings, figures and provenance, no network needed
+report=$("$BOBX" report --output "$BOBX_STORE/report.html" --n-boot 200)
+echo "demo: report written to $report"

@@ -49,23 +49,26 @@ def rank_store(
 def backbone_metadata(store: Store, backbones: Sequence[str]) -> pd.DataFrame:
     """Per-backbone metadata for correlations: catalog fields, plus measured throughput.
 
-    Backbones known only from imported results get NaN metadata (they still rank).
-    Throughput is the median ``speed/images_per_s`` record of each backbone."""
-    from featcache.backbones import get_backbone_spec
-    from featcache.errors import UnknownNameError
+    Backbones known only from imported results get NaN metadata (they still rank); a
+    feature point ``<name>@<point>`` has its backbone's metadata. Throughput is the median
+    ``speed/images_per_s`` record of each backbone."""
+    from featcache.backbones import BackboneSpec, list_backbone_specs
 
+    catalog: dict[str, BackboneSpec] = {}  # read the catalog once, not once per backbone
+    for entry in list_backbone_specs():
+        catalog.update(dict.fromkeys((entry.name, *entry.aliases), entry))
     speed = store.results(task="speed", metric="images_per_s")
     rows = []
     for name in backbones:
-        try:
-            spec = get_backbone_spec(name)
+        spec = catalog.get(name.partition("@")[0])
+        if spec is not None:
             meta = {
                 "family": spec.family,
                 "style": spec.style,
                 "params_m": spec.params_m,
                 "pretrain_size": spec.pretrain_images,
             }
-        except UnknownNameError:
+        else:
             meta = {"family": None, "style": None, "params_m": None, "pretrain_size": None}
         mine = speed[speed["backbone"] == name]["value"]
         rows.append(
