@@ -720,6 +720,168 @@ def validate_cmd(as_json: JsonOpt = False) -> None:
         raise typer.Exit(code=2)
 
 
+# ----- detection
+class DetectProtocol(StrEnum):
+    finetune = "finetune"
+    frozen = "frozen"
+    scratch = "scratch"
+
+
+class BadAnnotation(StrEnum):
+    error = "error"
+    skip = "skip"
+
+
+def _print_detection_points(outcomes: list[Any], selected: str, metric: str) -> None:
+    from rich.table import Table
+
+    table = Table("run", "grid point", "status", metric, "selected")
+    for out in outcomes:
+        resumed = f" (resumed at update {out.resumed_from})" if out.resumed_from else ""
+        table.add_row(
+            out.run_id,
+            out.job.label or "-",
+            out.status + resumed,
+            f"{out.metrics.get(metric, float('nan')):.4f}",
+            "*" if out.run_id == selected else "",
+        )
+    _console().print(table)
+
+
+@app.command("detect")
+def detect_cmd(
+    dataset: Annotated[str, typer.Option(help="Detection dataset (coco, lvis, sim10k, ...).")],
+    backbone: Annotated[
+        str,
+        typer.Option(help="Catalog backbone; with --eval-only, the name to record under."),
+    ],
+    protocol: Annotated[
+        DetectProtocol,
+        typer.Option(help="finetune, frozen (backbone fixed) or scratch (random init)."),
+    ] = DetectProtocol.finetune,
+    recipe: Annotated[
+        str | None,
+        typer.Option(
+            help="bob (COCO), sim10k, lvis, quick or yours (default by dataset: detect_bob, "
+            "detect_sim10k for sim10k, detect_lvis for lvis)."
+        ),
+    ] = None,
+    eval_on: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Also score on another detection dataset, NAME or NAME=DATA_ROOT "
+            "(repeatable; recorded as ood_detection, e.g. cityscapes)."
+        ),
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="Override the recipe's epochs.")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Override a recipe field: key=value, a list sweeps it (lr=[1e-4,2e-4], "
+            "neck=vitdet; repeatable).",
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int, typer.Option(help="Images per forward; the recipe's batch is reached by accumulation.")
+    ] = 2,
+    weights: Annotated[
+        str, typer.Option(help="pretrained, random, or a .safetensors/.pt checkpoint PATH.")
+    ] = "pretrained",
+    data_root: Annotated[Path | None, typer.Option(help="Directory of the dataset.")] = None,
+    train_split: Annotated[str, typer.Option(help="Training split.")] = "train",
+    eval_split: Annotated[
+        str | None,
+        typer.Option(help="Evaluation split (default val; with --eval-only the scored split)."),
+    ] = None,
+    on_bad_annotation: Annotated[
+        BadAnnotation | None,
+        typer.Option(help="error (stop, naming file and image id) or skip (count in params)."),
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option(help="Only the first N images of every split (smoke runs).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seeds the random init, batches and sampling.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:i].")] = "auto",
+    precision: Annotated[Precision, typer.Option(help="Autocast precision.")] = Precision.fp32,
+    num_workers: Annotated[int | None, typer.Option(help="Decode workers (0: in process).")] = None,
+    checkpoint_every: Annotated[
+        int | None, typer.Option(help="Also checkpoint every N updates (always every epoch).")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Rerun a finished job.")] = False,
+    wait: Annotated[bool, typer.Option(help="Wait for a job another process holds.")] = False,
+    eval_only: Annotated[
+        bool, typer.Option(help="Score a COCO results file (--predictions) instead of training.")
+    ] = False,
+    predictions: Annotated[
+        Path | None, typer.Option(help="With --eval-only: a COCO results JSON from any tool.")
+    ] = None,
+    trained_on: Annotated[
+        str | None,
+        typer.Option(help="With --eval-only: the training dataset of an OOD result (sim10k)."),
+    ] = None,
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train and evaluate a detector (COCO AP; resumable, leased), or score predictions."""
+    from featcache.jobs.recipes import overrides_from
+
+    bad = on_bad_annotation.value if on_bad_annotation is not None else None
+    if eval_only:
+        from featcache.runners.detection import score_predictions
+
+        if predictions is None:
+            raise typer.BadParameter("--eval-only needs --predictions F.json")
+        records = score_predictions(
+            _store(store),
+            predictions,
+            dataset,
+            backbone=backbone,
+            split=eval_split,
+            data_root=data_root,
+            protocol=protocol.value,
+            trained_on=trained_on,
+            on_bad_annotation=bad,
+        )
+        _print_records(records, as_json)
+        return
+    if predictions is not None or trained_on is not None:
+        raise typer.BadParameter("--predictions and --trained-on go with --eval-only")
+    from featcache.runners.detection import run_detection
+
+    result = run_detection(
+        _store(store),
+        backbone,
+        dataset,
+        protocol=protocol.value,
+        recipe=recipe,
+        eval_on=eval_on or (),
+        seed=seed,
+        overrides=overrides_from(set_, epochs=epochs),
+        weights=weights,
+        data_root=data_root,
+        train_split=train_split,
+        eval_split=eval_split,
+        on_bad_annotation=bad,
+        limit=limit,
+        device=device,
+        precision=precision.value,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        overwrite=overwrite,
+        wait=wait,
+        checkpoint_every_steps=checkpoint_every,
+    )
+    if not as_json:
+        sweep = result.sweep
+        _print_detection_points(sweep.points, sweep.selected, result.select_metric)
+        if result.status == "cached":
+            typer.echo(
+                f"already finished ({result.recipe}); the stored result (--overwrite reruns):"
+            )
+    _print_records(result.records, as_json)
+
+
 # --------------------------------------------------------------------------- entry point
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry: user errors become one line and exit status 2."""

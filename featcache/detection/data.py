@@ -75,7 +75,8 @@ def train_transforms(aug: str, *, size: int | None = None, fill: Sequence[int] =
 
 
 class DetectionDataset(torch.utils.data.Dataset[tuple[torch.Tensor, dict[str, Any]]]):
-    """Rows ``rows`` of ``split`` (all by default) as (uint8 image, target) pairs."""
+    """Rows ``rows`` of ``split`` (all by default) as (uint8 image, target) pairs; ``masks``
+    adds the instance masks (Mask R-CNN)."""
 
     def __init__(
         self,
@@ -84,11 +85,16 @@ class DetectionDataset(torch.utils.data.Dataset[tuple[torch.Tensor, dict[str, An
         *,
         transforms: Any = None,
         masks: bool = False,
+        seed: int = 0,
     ) -> None:
         self.split = split
         self.rows = list(range(len(split))) if rows is None else list(rows)
         self.transforms = transforms
         self.masks = masks
+        self.seed = int(seed)
+        #: Augmentation of position ``k`` is seeded by (seed, epoch, k): the same in any
+        #: worker, and after a resume.
+        self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -120,7 +126,9 @@ class DetectionDataset(torch.utils.data.Dataset[tuple[torch.Tensor, dict[str, An
             )
         img = tv_tensors.Image(pil_to_tensor(image))
         if self.transforms is not None:
-            img, target = self.transforms(img, target)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(hash((self.seed, self.epoch, k)) & 0x7FFFFFFF)
+                img, target = self.transforms(img, target)
         target["boxes"] = target["boxes"].as_subclass(torch.Tensor).float()
         if "masks" in target:
             target["masks"] = target["masks"].as_subclass(torch.Tensor)
@@ -133,26 +141,31 @@ def collate(batch: Sequence[tuple[torch.Tensor, dict[str, Any]]]) -> tuple[list[
     return list(images), list(targets)
 
 
+def epoch_batches(n: int, micro_batch: int, *, seed: int, epoch: int) -> list[list[int]]:
+    """Epoch ``epoch``'s micro-batches of positions ``0..n-1``: a permutation seeded by
+    ``(seed, epoch)`` cut into full micro-batches (the remainder is dropped), so any
+    suffix of an epoch can be replayed exactly after a resume."""
+    order = np.random.default_rng([int(seed), int(epoch)]).permutation(n)
+    return [order[i : i + micro_batch].tolist() for i in range(0, n - micro_batch + 1, micro_batch)]
+
+
+def eval_batches(n: int, batch_size: int) -> list[list[int]]:
+    """Positions ``0..n-1`` in order, in batches of ``batch_size`` (the last may be short)."""
+    return [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
+
+
 def make_loader(
     dataset: DetectionDataset,
+    batches: Sequence[Sequence[int]],
     *,
-    batch_size: int,
-    shuffle: bool,
     num_workers: int = 0,
-    seed: int = 0,
-    drop_last: bool = False,
     pin_memory: bool = False,
 ) -> torch.utils.data.DataLoader[Any]:
-    """A DataLoader whose order depends only on ``seed`` (so an epoch can be replayed)."""
-    generator = torch.Generator().manual_seed(int(seed))
+    """A DataLoader over the given batches of dataset positions."""
     return torch.utils.data.DataLoader(
         dataset,
-        batch_size=batch_size,
-        shuffle=shuffle,
+        batch_sampler=[list(b) for b in batches],
         num_workers=num_workers,
         collate_fn=collate,
-        generator=generator,
-        drop_last=drop_last,
         pin_memory=pin_memory,
-        persistent_workers=False,
     )

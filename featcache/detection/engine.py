@@ -3,9 +3,10 @@
 :func:`train_one_epoch` runs the loop of torchvision's ``references/detection/engine.py``
 (the model returns its loss dict in train mode; the losses are summed) with what a
 BoB recipe adds: gradient accumulation up to the recipe's batch, bf16 / fp16 autocast
-(a GradScaler for fp16), a per-update learning-rate schedule (timm's
-``step_update``), gradient clipping and a stop after ``max_updates``. A non-finite
-loss stops the run with :class:`DivergedError`.
+(a GradScaler for fp16), a per-update learning-rate schedule (timm's ``step_update``)
+and gradient clipping; :func:`train_updates` is the same loop as a generator that
+yields after every update (where a job checkpoints). A non-finite loss stops the run
+with :class:`DivergedError`.
 
 :func:`evaluate` runs the model in eval mode and returns COCO result rows (boxes as
 ``[x, y, w, h]``, category ids of the dataset, masks as RLE thresholded at 0.5), which
@@ -43,7 +44,7 @@ class EpochStats:
     iterations: int = 0  # micro-batches seen
     images: int = 0
     seconds: float = 0.0
-    losses: dict[str, float] = field(default_factory=dict)  # mean per micro-batch
+    losses: dict[str, float] = field(default_factory=dict)  # summed, then mean per micro-batch
 
     @property
     def images_per_s(self) -> float:
@@ -88,10 +89,10 @@ def to_device(
     return out, moved
 
 
-def train_one_epoch(
+def train_updates(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    loader: Iterable[tuple[Sequence[torch.Tensor], Sequence[Mapping[str, Any]]]],
+    batches: Iterable[tuple[Sequence[torch.Tensor], Sequence[Mapping[str, Any]]]],
     *,
     device: torch.device | str = "cpu",
     precision: str = "fp32",
@@ -99,51 +100,24 @@ def train_one_epoch(
     accum_steps: int = 1,
     scheduler: Any = None,
     start_update: int = 0,
-    max_updates: int | None = None,
     clip_grad_norm: float | None = None,
-    log: Callable[[str], None] | None = None,
-    log_every: int = 20,
-) -> EpochStats:
-    """Train ``model`` over ``loader`` once (or until ``max_updates`` optimizer steps).
+    stats: EpochStats | None = None,
+) -> Iterator[int]:
+    """Train on ``batches``, yielding the update count after every optimizer step.
 
-    ``accum_steps`` micro-batches make one update (the loss is divided accordingly);
-    ``scheduler.step_update(n)`` is called after update ``n`` (counted from
-    ``start_update``, so a resumed run continues the schedule). A trailing partial
-    accumulation at the end of the loader is stepped too."""
+    ``accum_steps`` micro-batches make one update (each loss divided accordingly);
+    ``scheduler.step_update(n)`` follows update ``n`` (counted from ``start_update``, so
+    a resumed run continues its schedule). A trailing partial accumulation is stepped
+    too. ``stats`` (optional) accumulates images, micro-batches and summed losses."""
     device = torch.device(device)
     dtype = autocast_dtype(precision)
     if accum_steps < 1:
         raise ValueError(f"accum_steps must be >= 1, got {accum_steps}")
+    stats = EpochStats() if stats is None else stats
     model.train()
-    stats = EpochStats()
-    sums: dict[str, float] = {}
-    pending = 0
-    update = start_update
     optimizer.zero_grad(set_to_none=True)
-    start = time.perf_counter()
-
-    def step() -> None:
-        nonlocal pending, update
-        if scaler is not None:
-            if clip_grad_norm:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(_params(optimizer), clip_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            if clip_grad_norm:
-                nn.utils.clip_grad_norm_(_params(optimizer), clip_grad_norm)
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        pending = 0
-        update += 1
-        stats.updates += 1
-        if scheduler is not None:
-            scheduler.step_update(num_updates=update)
-
-    for images, targets in loader:
-        if max_updates is not None and stats.updates >= max_updates:
-            break
+    pending, update = 0, start_update
+    for images, targets in batches:
         imgs, tgts = to_device(images, targets, device)
         with _autocast(device, dtype):
             loss_dict = model(imgs, tgts)
@@ -156,28 +130,68 @@ def train_one_epoch(
                 "rate, use --precision bf16 instead of fp16, or check the annotations."
             )
         scaled = loss / accum_steps
-        if scaler is not None:
-            scaler.scale(scaled).backward()
-        else:
-            scaled.backward()
+        (scaled if scaler is None else scaler.scale(scaled)).backward()
         pending += 1
         stats.iterations += 1
         stats.images += len(imgs)
         for k, v in loss_dict.items():
-            sums[k] = sums.get(k, 0.0) + float(v.detach())
+            stats.losses[k] = stats.losses.get(k, 0.0) + float(v.detach())
         if pending == accum_steps:
-            step()
-            if log is not None and log_every and stats.updates % log_every == 0:
-                log(
-                    f"update {update}: loss {value:.4f} "
-                    f"({stats.images / (time.perf_counter() - start):.1f} img/s)"
-                )
-    if pending and (max_updates is None or stats.updates < max_updates):
-        step()
+            _step(optimizer, scaler, clip_grad_norm)
+            pending, update = 0, update + 1
+            stats.updates += 1
+            if scheduler is not None:
+                scheduler.step_update(num_updates=update)
+            yield update
+    if pending:
+        _step(optimizer, scaler, clip_grad_norm)
+        update += 1
+        stats.updates += 1
+        if scheduler is not None:
+            scheduler.step_update(num_updates=update)
+        yield update
+
+
+def _step(
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    clip_grad_norm: float | None,
+) -> None:
+    if scaler is not None:
+        if clip_grad_norm:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(_params(optimizer), clip_grad_norm)
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        if clip_grad_norm:
+            nn.utils.clip_grad_norm_(_params(optimizer), clip_grad_norm)
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Iterable[tuple[Sequence[torch.Tensor], Sequence[Mapping[str, Any]]]],
+    *,
+    log: Callable[[str], None] | None = None,
+    log_every: int = 20,
+    **options: Any,
+) -> EpochStats:
+    """One pass over ``batches`` (options: those of :func:`train_updates`); the mean
+    losses per micro-batch, images and throughput in an :class:`EpochStats`."""
+    stats = EpochStats()
+    device = torch.device(options.get("device", "cpu"))
+    start = time.perf_counter()
+    for update in train_updates(model, optimizer, batches, stats=stats, **options):
+        if log is not None and log_every and update % log_every == 0:
+            rate = stats.images / (time.perf_counter() - start)
+            log(f"update {update}: loss {stats.loss / stats.iterations:.4f} ({rate:.1f} img/s)")
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     stats.seconds = time.perf_counter() - start
-    stats.losses = {k: v / max(stats.iterations, 1) for k, v in sums.items()}
+    stats.losses = {k: v / max(stats.iterations, 1) for k, v in stats.losses.items()}
     return stats
 
 

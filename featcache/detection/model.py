@@ -381,3 +381,11 @@ def body_of(model: nn.Module) -> IntermediateBody:
     body = model.backbone.body  # type: ignore[union-attr]
     assert isinstance(body, IntermediateBody)
     return body
+
+
+def set_sizes(model: nn.Module, min_sizes: Sequence[int], max_size: int) -> None:
+    """Set the resizing of torchvision's transform: a short side drawn from ``min_sizes``
+    per training image (the last one at test), the longest side at most ``max_size``."""
+    transform: Any = model.transform
+    transform.min_size = tuple(int(s) for s in min_sizes)
+    transform.max_size = int(max_size)

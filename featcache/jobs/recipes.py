@@ -154,8 +154,61 @@ FINETUNE_FIELDS: dict[str, Field] = {
     "eval_test_each_epoch": Field("bool", True, "test accuracy in the per-epoch curve"),
 }
 
-#: Field tables by job kind (the detection job adds ``"detection"``).
-SCHEMAS: dict[str, dict[str, Field]] = {"finetune": FINETUNE_FIELDS}
+
+def _i(default: Any, doc: str, **kw: Any) -> Field:
+    return Field("int", default, doc, **kw)
+
+
+#: The detection schema (``bobx detect``): mmdetection's names where BoB's configs set them.
+DETECTION_FIELDS: dict[str, Field] = {
+    "epochs": _i(36, "training epochs (3x schedule)", min=1),
+    "lr_steps": Field(
+        "floats", (27.0, 33.0), "epochs after which the lr is multiplied by lr_decay"
+    ),
+    "lr_decay": _f(0.1, "step decay factor", min=0, max=1, min_open=True),
+    "warmup_iters": _i(1000, "linear warm-up updates", min=0),
+    "warmup_ratio": _f(0.001, "warm-up start lr / lr", min=0, max=1),
+    "batch_size": _i(16, "effective batch (gradient accumulation)", min=1),
+    "optimizer": Field("str", "adamw", "timm optimizer name", choices=OPTIMIZERS),
+    "lr": _f(1e-4, "peak learning rate", min=0, min_open=True),
+    "weight_decay": _f(0.05, "weight decay (not on norms and biases)", min=0),
+    "momentum": _f(0.9, "SGD momentum", min=0, max=1, max_open=True),
+    "clip_grad": _f(None, "gradient norm clip (null: none)", min=0, min_open=True, nullable=True),
+    "train_aug": Field(
+        "str",
+        "multiscale",
+        "multiscale: short side in [scale_min, scale_max] (step scale_step) + flip; "
+        "lsj: large-scale jitter to lsj_size, scale 0.1-2.0, crop/pad + flip; flip; none",
+        choices=("multiscale", "lsj", "flip", "none"),
+    ),
+    "scale_min": _i(480, "multi-scale: smallest training short side", min=8),
+    "scale_max": _i(800, "multi-scale: largest training short side", min=8),
+    "scale_step": _i(32, "multi-scale: step between short sides", min=1),
+    "lsj_size": _i(1024, "large-scale jitter: square training size", min=8),
+    "test_size": _i(800, "test short side", min=8),
+    "max_size": _i(1333, "longest side (training and test)", min=8),
+    "neck": Field(
+        "str",
+        "bob",
+        "bob: FPN (ViTs: FPN on the last map); vitdet: ViTDet's simple pyramid for ViTs",
+        choices=("bob", "vitdet"),
+    ),
+    "fpn_channels": _i(256, "neck width", min=1),
+    "box_head_dim": _i(1024, "two-layer box head width", min=1),
+    "rpn_batch_size": _i(256, "anchors sampled per image for the RPN loss", min=1),
+    "roi_batch_size": _i(512, "proposals sampled per image for the box head", min=1),
+    "rpn_pre_nms_train": _i(2000, "proposals per level before NMS (training)", min=1),
+    "rpn_post_nms_train": _i(2000, "proposals kept after NMS (training)", min=1),
+    "rpn_pre_nms_test": _i(1000, "proposals per level before NMS (test)", min=1),
+    "rpn_post_nms_test": _i(1000, "proposals kept after NMS (test)", min=1),
+    "score_thresh": _f(0.05, "test: minimum detection score", min=0, max=1),
+    "nms_thresh": _f(0.5, "test: NMS IoU", min=0, max=1),
+    "detections_per_img": _i(100, "test: detections per image (LVIS: 300)", min=1),
+    "eval_each_epoch": Field("bool", False, "score the evaluation split after every epoch"),
+}
+
+#: Field tables by job kind.
+SCHEMAS: dict[str, dict[str, Field]] = {"finetune": FINETUNE_FIELDS, "detection": DETECTION_FIELDS}
 #: What a variant's ``when`` may test: the job's context, known before it runs.
 CONTEXT_KEYS = ("family", "random_init", "fraction", "shots", "low_shot")
 _TOP_LEVEL = ("kind", "description", "paper", "grid", "variants")
@@ -476,6 +529,7 @@ def overrides_from(items: Sequence[str] | None, **named: Any) -> dict[str, Any]:
 
 __all__ = [
     "CONTEXT_KEYS",
+    "DETECTION_FIELDS",
     "FINETUNE_FIELDS",
     "SCHEMAS",
     "Field",
