@@ -161,11 +161,16 @@ def make_loader(
     num_workers: int = 0,
     pin_memory: bool = False,
 ) -> torch.utils.data.DataLoader[Any]:
-    """A DataLoader over the given batches of dataset positions."""
+    """A DataLoader over the given batches of dataset positions.
+
+    It has a generator of its own: a DataLoader draws its workers' base seed when it
+    starts, which from the global RNG would shift the model's own draws (RPN / RoI
+    sampling) each time a resumed run opens a loader mid-epoch."""
     return torch.utils.data.DataLoader(
         dataset,
         batch_sampler=[list(b) for b in batches],
         num_workers=num_workers,
         collate_fn=collate,
         pin_memory=pin_memory,
+        generator=torch.Generator().manual_seed(0),
     )

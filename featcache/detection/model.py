@@ -312,48 +312,52 @@ def build_detector(
     body = IntermediateBody(net, indices)
     channels = [levels[i][0] for i in indices]
     strides = [levels[i][1] for i in indices]
-    width = int(fpn_channels)
-    if kind == "hierarchical":
-        neck_module: nn.Module = MultiScaleFPN(channels, width)
-        pyramid = "fpn"
-    elif neck == "vitdet":
-        neck_module, pyramid = SimpleFeaturePyramid(channels[-1], width), "simple_pyramid"
-    else:
-        neck_module, pyramid = LastMapFPN(channels[-1], width), "fpn_lastmap"
-    if kind == "hierarchical" and len(indices) < len(STRIDES):
-        raise ShapeError(f"{spec.name}: no stride-4 map for the FPN's P2 (strides {strides}).")
-    body.requires_grad_(protocol != "frozen")
-    body.frozen = protocol == "frozen"
-    body.norm_eval = protocol == "finetune"
-    backbone_module = BackboneWithNeck(body, neck_module, width)
-    mean = plan.mean or (0.485, 0.456, 0.406)
-    std = plan.std or (0.229, 0.224, 0.225)
-    sizes = tuple(min_size) if isinstance(min_size, Sequence) else (int(min_size),)
-    n_out = num_classes + 1
-    heads: dict[str, Any] = {
-        "box_head": TwoMLPHead(width * 7 * 7, int(box_head_dim)),
-        "box_predictor": FastRCNNPredictor(int(box_head_dim), n_out),
-    }
-    if masks:  # torchvision's mask head, at the neck's width
-        heads["mask_head"] = MaskRCNNHeads(width, [width] * 4, 1)
-        heads["mask_predictor"] = MaskRCNNPredictor(width, width, n_out)
-    head_cls = MaskRCNN if masks else FasterRCNN
-    try:
-        model = head_cls(
-            backbone_module,
-            min_size=sizes,
-            max_size=int(max_size),
-            image_mean=list(mean),
-            image_std=list(std),
-            **heads,
-            **dict(rcnn_kwargs or {}),
-        )
-    except TypeError as exc:
-        raise UnknownNameError(
-            f"{head_cls.__name__} option",
-            str(exc).rsplit(" ", 1)[-1].strip("'"),
-            hint=f"rcnn_kwargs go to torchvision's {head_cls.__name__} ({exc}).",
-        ) from exc
+    # Neck and heads start from ``seed`` whatever ran before in this process (the run id
+    # promises the same numbers for the same identity).
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0 if seed is None else int(seed))
+        width = int(fpn_channels)
+        if kind == "hierarchical":
+            neck_module: nn.Module = MultiScaleFPN(channels, width)
+            pyramid = "fpn"
+        elif neck == "vitdet":
+            neck_module, pyramid = SimpleFeaturePyramid(channels[-1], width), "simple_pyramid"
+        else:
+            neck_module, pyramid = LastMapFPN(channels[-1], width), "fpn_lastmap"
+        if kind == "hierarchical" and len(indices) < len(STRIDES):
+            raise ShapeError(f"{spec.name}: no stride-4 map for the FPN's P2 (strides {strides}).")
+        body.requires_grad_(protocol != "frozen")
+        body.frozen = protocol == "frozen"
+        body.norm_eval = protocol == "finetune"
+        backbone_module = BackboneWithNeck(body, neck_module, width)
+        mean = plan.mean or (0.485, 0.456, 0.406)
+        std = plan.std or (0.229, 0.224, 0.225)
+        sizes = tuple(min_size) if isinstance(min_size, Sequence) else (int(min_size),)
+        n_out = num_classes + 1
+        heads: dict[str, Any] = {
+            "box_head": TwoMLPHead(width * 7 * 7, int(box_head_dim)),
+            "box_predictor": FastRCNNPredictor(int(box_head_dim), n_out),
+        }
+        if masks:  # torchvision's mask head, at the neck's width
+            heads["mask_head"] = MaskRCNNHeads(width, [width] * 4, 1)
+            heads["mask_predictor"] = MaskRCNNPredictor(width, width, n_out)
+        head_cls = MaskRCNN if masks else FasterRCNN
+        try:
+            model = head_cls(
+                backbone_module,
+                min_size=sizes,
+                max_size=int(max_size),
+                image_mean=list(mean),
+                image_std=list(std),
+                **heads,
+                **dict(rcnn_kwargs or {}),
+            )
+        except TypeError as exc:
+            raise UnknownNameError(
+                f"{head_cls.__name__} option",
+                str(exc).rsplit(" ", 1)[-1].strip("'"),
+                hint=f"rcnn_kwargs go to torchvision's {head_cls.__name__} ({exc}).",
+            ) from exc
     model.train()
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

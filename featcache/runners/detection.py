@@ -54,6 +54,9 @@ log = logging.getLogger(__name__)
 KIND = "detection"
 PREDICTIONS_KIND = "detection_predictions"
 PREDICTIONS_FILE = "predictions.json"
+#: Recipe fields that change what a run reports along the way, never its result: left out
+#: of record params, so runs that differ only in them share a ranking setting.
+REPORTING_FIELDS = ("eval_each_epoch",)
 #: Recipe used when none is given, by training dataset (else ``detect_bob``).
 DEFAULT_RECIPES = {"sim10k": "detect_sim10k", "lvis": "detect_lvis"}
 
@@ -330,7 +333,11 @@ def run_detection(
         "precision": precision,
         "train_split": train_split,
         **_reader_params(train),
-        **{k: thaw(v) if not isinstance(v, list) else v for k, v in overrides.items()},
+        **{
+            k: thaw(v) if not isinstance(v, list) else v
+            for k, v in overrides.items()
+            if k not in REPORTING_FIELDS
+        },
     }
     if len(points) > 1:
         params["selection"] = f"{dataset}/{main_split}" if main_split else f"{ood[0][0]}"
