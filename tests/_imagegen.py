@@ -24,15 +24,25 @@ from PIL import Image
 _FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".bmp": "BMP"}
 
 
-def random_image(size: int | tuple[int, int] = 32, *, seed: int = 0) -> Image.Image:
-    """A seeded RGB image: a smooth colour gradient plus noise (compresses like a photo)."""
+def random_image(
+    size: int | tuple[int, int] = 32,
+    *,
+    seed: int = 0,
+    base: tuple[int, int] = (0, 256),
+    slope: float = 4.0,
+    noise: float = 12.0,
+) -> Image.Image:
+    """A seeded RGB image: a smooth colour gradient plus noise (compresses like a photo).
+
+    ``base`` bounds the colour at the origin, ``slope`` the gradient per pixel, ``noise``
+    the per-pixel standard deviation."""
     width, height = (size, size) if isinstance(size, int) else size
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:height, 0:width]
-    base = rng.integers(0, 256, 3)
-    slope = rng.uniform(-4, 4, (2, 3))
-    pixels = base + xx[..., None] * slope[0] + yy[..., None] * slope[1]
-    pixels = pixels + rng.normal(0, 12, (height, width, 3))
+    origin = rng.integers(base[0], base[1], 3)
+    grad = rng.uniform(-slope, slope, (2, 3))
+    pixels = origin + xx[..., None] * grad[0] + yy[..., None] * grad[1]
+    pixels = pixels + rng.normal(0, noise, (height, width, 3))
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), mode="RGB")
 
 
@@ -561,14 +571,7 @@ def _shape_polygon(kind: str, x: float, y: float, w: float, h: float) -> list[tu
 
 def _background(size: tuple[int, int], seed: int) -> Image.Image:
     """A dull gradient with mild noise: objects stand out, as in a photo of a scene."""
-    width, height = size
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:width]
-    base = rng.integers(60, 140, 3)
-    slope = rng.uniform(-0.3, 0.3, (2, 3))
-    pixels = base + xx[..., None] * slope[0] + yy[..., None] * slope[1]
-    pixels = pixels + rng.normal(0, 6, (height, width, 3))
-    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), mode="RGB")
+    return random_image(size, seed=seed, base=(60, 140), slope=0.3, noise=6.0)
 
 
 def _polygon_area(points: Sequence[tuple[float, float]]) -> float:

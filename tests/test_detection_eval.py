@@ -7,16 +7,12 @@ jittered, relabelled, duplicated and with tied scores, plus false positives.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
 import math
 
 import numpy as np
 import pytest
 from pycocotools import mask as pc_mask
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
 from evaluators.detection import (
     AP_NAMES,
@@ -27,6 +23,7 @@ from evaluators.detection import (
     predictions_from_arrays,
 )
 from evaluators.errors import DataError, ShapeError, UnknownNameError
+from tests._coco import pycocotools_ap
 
 SIZE = (160, 192)  # height, width
 
@@ -112,22 +109,18 @@ def perturbed_predictions(gt: dict, seed: int = 1, *, masks: bool = False) -> li
     return rows
 
 
-def pycocotools_ap(gt: dict, rows: list[dict], iou_type: str) -> list[float]:
-    """The reference: pycocotools' own COCOeval, stats[:6]."""
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO()
-        coco_gt.dataset = copy.deepcopy(gt)
-        coco_gt.createIndex()
-        dets = copy.deepcopy(rows)
-        if iou_type == "segm":
-            for d in dets:
-                d.pop("bbox", None)
-        coco_dt = coco_gt.loadRes(dets)
-        ev = COCOeval(coco_gt, coco_dt, iou_type)
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return [float(v) for v in ev.stats[:6]]
+def _perfect(gt: dict, score: float = 0.9) -> list[dict]:
+    """Every non-crowd object predicted exactly."""
+    return [
+        {
+            "image_id": a["image_id"],
+            "category_id": a["category_id"],
+            "bbox": a["bbox"],
+            "score": score,
+        }
+        for a in gt["annotations"]
+        if not a["iscrowd"]
+    ]
 
 
 def _as_list(metrics: dict, suffix: str) -> list[float]:
@@ -157,16 +150,7 @@ def test_mask_ap_equals_pycocotools():
 
 def test_perfect_predictions_score_one_and_missing_sizes_are_nan():
     gt = make_ground_truth(2)
-    perfect = [
-        {
-            "image_id": a["image_id"],
-            "category_id": a["category_id"],
-            "bbox": a["bbox"],
-            "score": 0.9,
-        }
-        for a in gt["annotations"]
-        if not a["iscrowd"]
-    ]
+    perfect = _perfect(gt, 0.9)
     out = coco_ap(gt, perfect)
     assert all(
         out[k] == 1.0 for k in ("ap_box", "ap50_box", "ap75_box", "aps_box", "apm_box", "apl_box")
@@ -247,16 +231,7 @@ def test_lvis_style_perfect_predictions():
         img["neg_category_ids"], img["not_exhaustive_category_ids"] = [], []
     for cat, freq in zip(gt["categories"], "rcfr", strict=True):
         cat["frequency"] = freq
-    perfect = [
-        {
-            "image_id": a["image_id"],
-            "category_id": a["category_id"],
-            "bbox": a["bbox"],
-            "score": 0.5,
-        }
-        for a in gt["annotations"]
-        if not a["iscrowd"]
-    ]
+    perfect = _perfect(gt, 0.5)
     out = coco_ap(gt, perfect, style="lvis")
     assert set(out) == set(metric_names("bbox", style="lvis"))
     assert out["ap_box"] == 1.0 and out["ap50_box"] == 1.0

@@ -185,6 +185,17 @@ class TestStoreContract(LeaseContract):
         with pytest.raises(UnknownNameError):
             store.get_artifact("probe", "bb", "ds", "run2")
 
+    def test_artifact_files(self, store):
+        data = b'[{"image_id": 1, "score": 0.5}]'
+        store.put_artifact("preds", "bb", "ds", "r", {}, {"n": 1}, files={"p.json": data})
+        assert store.get_artifact_file("preds", "bb", "ds", "r", "p.json") == data
+        assert store.get_artifact("preds", "bb", "ds", "r") == ({}, {"n": 1})
+        store.put_artifact("preds", "bb", "ds", "r", {}, {"n": 0})  # a rewrite drops old files
+        with pytest.raises(UnknownNameError, match="p.json"):
+            store.get_artifact_file("preds", "bb", "ds", "r", "p.json")
+        with pytest.raises(InvalidNameError):
+            store.put_artifact("preds", "bb", "ds", "r", {}, files={"../x": b""})
+
     def test_import_features(self, store):
         x = np.random.default_rng(0).standard_normal((300, 8)).astype(np.float32)
         fs = store.import_features("ext", "ds", "train", x, labels=np.arange(300) % 3)
