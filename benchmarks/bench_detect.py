@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import os
 import statistics
 import sys
 import tempfile
@@ -130,7 +131,8 @@ def bench_train(args: argparse.Namespace) -> dict[str, Any]:
     times: dict[str, list[float]] = {"torchvision reference loop": [], "bobx train_one_epoch": []}
     loops = {"torchvision reference loop": reference_loop, "bobx train_one_epoch": bobx_loop}
     for r in range(args.rounds + 1):  # round 0 warms up (allocator, cuDNN, lazy imports)
-        for name, loop in loops.items():
+        order = list(loops.items()) if r % 2 == 0 else list(loops.items())[::-1]
+        for name, loop in order:  # alternate who goes first: load drifts between them
             model = copy.deepcopy(model0)
             optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
             scaler = torch.amp.GradScaler(device.type) if args.precision == "fp16" else None
@@ -145,8 +147,9 @@ def bench_train(args: argparse.Namespace) -> dict[str, Any]:
                 times[name].append(n_images / (time.perf_counter() - start))
     rates = {k: statistics.median(v) for k, v in times.items()}
     ratio = rates["bobx train_one_epoch"] / rates["torchvision reference loop"]
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(
-        f"training: {args.backbone} Mask R-CNN ({info.pyramid}), {n_images} images of "
+        f"training (load {load:.1f}): {args.backbone} Mask R-CNN ({info.pyramid}), {n_images} images of "
         f"{args.size} px per round, batch {args.batch}, {args.precision}, {device.type}, "
         f"{args.rounds} rounds"
     )
@@ -226,7 +229,7 @@ def bench_eval(args: argparse.Namespace) -> dict[str, Any]:
 
     gt, rows = make_eval_data(args.eval_images, args.dets, 0, args.segm)
     print(
-        f"evaluation: {len(gt['images'])} images, {len(gt['annotations'])} objects, "
+        f"evaluation (load {os.getloadavg()[0]:.1f}): {len(gt['images'])} images, {len(gt['annotations'])} objects, "
         f"{len(rows)} predictions, 80 categories"
     )
     out = {}
