@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -257,6 +258,57 @@ def _stored(store: Any, job: JobSpec, doc: Mapping[str, Any]) -> JobOutcome:
     )
 
 
+def _snapshot(obj: Any) -> Any:
+    """A copy of a state dict that training cannot change under a writer thread: every
+    tensor copied to the host (so a CUDA run's copy is made on its own stream here)."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, Mapping):
+        return {k: _snapshot(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        items = [_snapshot(v) for v in obj]
+        return items if isinstance(obj, list) else tuple(items)
+    return obj
+
+
+class _CheckpointWriter:
+    """Writes checkpoints from a background thread (serialisation, digest and upload
+    overlap the next updates); at most one in flight, errors re-raised at the next call."""
+
+    def __init__(self, state: JobState, lease: Any) -> None:
+        self.state, self.lease = state, lease
+        self.thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    def submit(
+        self, step: int, epoch: int, trainer_state: Mapping[str, Any], curve: Any, job: JobSpec
+    ) -> None:
+        self.flush()
+        self.lease.check()
+        snapshot = _snapshot({"trainer": trainer_state, "curve": curve, "run_id": job.run_id})
+
+        def write() -> None:
+            try:
+                self.lease.check()
+                self.state.save_checkpoint(step, snapshot, epoch=epoch)
+                self.state.prune(keep=2)
+            except BaseException as exc:  # surfaced by flush()
+                self.error = exc
+
+        self.thread = threading.Thread(target=write, name="bobx-checkpoint", daemon=True)
+        self.thread.start()
+
+    def flush(self) -> None:
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+
+
 # --------------------------------------------------------------------------- one job
 def run_job(
     store: Any,
@@ -304,22 +356,20 @@ def run_job(
             resumed_from = int(marker["step"])
             log.info("%s: resuming from update %d", job.run_id, resumed_from)
 
-        def checkpoint(step: int, epoch: int) -> None:
-            lease.check()
-            snapshot = {"trainer": trainer.state_dict(), "curve": curve, "run_id": job.run_id}
-            state.save_checkpoint(step, snapshot, epoch=epoch)
-            state.prune(keep=2)
-
+        writer = _CheckpointWriter(state, lease)
         every = checkpoint_every_steps or 0
-        for event in trainer.run():
-            if isinstance(event, EpochEnd):
-                curve.append({"epoch": event.epoch + 1, **dict(event.row)})
-                if (event.epoch + 1) % max(1, checkpoint_every_epochs) == 0:
-                    checkpoint(event.step, event.epoch)
-                lease.check()
-                put_curve(store, job, curve)
-            elif every and event.step % every == 0:
-                checkpoint(event.step, event.epoch)
+        try:
+            for event in trainer.run():
+                if isinstance(event, EpochEnd):
+                    curve.append({"epoch": event.epoch + 1, **dict(event.row)})
+                    if (event.epoch + 1) % max(1, checkpoint_every_epochs) == 0:
+                        writer.submit(event.step, event.epoch, trainer.state_dict(), curve, job)
+                    lease.check()
+                    put_curve(store, job, curve)
+                elif every and event.step % every == 0:
+                    writer.submit(event.step, event.epoch, trainer.state_dict(), curve, job)
+        finally:
+            writer.flush()
         metrics = {k: float(v) for k, v in trainer.evaluate().items()}
         lease.check(refresh=True)
         weights = trainer.weights()
