@@ -46,6 +46,7 @@ from featcache.detection.engine import EpochStats, autocast_dtype, evaluate, tra
 from featcache.detection.model import set_sizes
 from featcache.errors import DataError
 from featcache.jobs.driver import EpochEnd, Step
+from featcache.training.classification import updates_plan
 
 
 @dataclass(frozen=True)
@@ -86,20 +87,6 @@ class DetectionData:
     train_rows: Sequence[int]
     evals: tuple[EvalSet, ...]
     masks: bool
-
-
-def updates_plan(n_train: int, batch_size: int, micro_batch: int) -> dict[str, int]:
-    """Micro-batch, accumulation steps and updates per epoch for ``n_train`` images
-    (``accum = round(batch_size / micro)``, at most one epoch's micro-batches)."""
-    micro = max(1, min(micro_batch, batch_size, n_train))
-    n_micro = n_train // micro
-    accum = max(1, min(round(batch_size / micro), n_micro))
-    return {
-        "micro_batch": micro,
-        "accum_steps": accum,
-        "updates_per_epoch": n_micro // accum,
-        "batch_size_effective": micro * accum,
-    }
 
 
 def resize_plan(point: Mapping[str, Any]) -> dict[str, Any]:
@@ -149,7 +136,7 @@ class DetectionTrainer:
         self.precision = precision
         self.dtype = autocast_dtype(precision)
         self.num_workers, self.on_predictions, self.log = num_workers, on_predictions, log
-        self.plan = updates_plan(len(data.train_rows), point["batch_size"], micro_batch)
+        self.plan = updates_plan(len(data.train_rows), point["batch_size"], micro_batch, even=False)
         self.epochs = int(point["epochs"])
         self.sizes = resize_plan(point)
         torch.manual_seed(self.seed)  # the model's own draws start here
@@ -347,5 +334,4 @@ __all__ = [
     "eval_set",
     "resize_plan",
     "train_rows",
-    "updates_plan",
 ]

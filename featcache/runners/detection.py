@@ -47,6 +47,7 @@ from featcache.errors import BobxError, DataError, UnknownNameError
 from featcache.jobs import JobSpec, SweepOutcome, get_recipe, make_job, run_sweep
 from featcache.jobs.recipes import Recipe, list_recipes
 from featcache.records import Record, make_record
+from featcache.runners.finetune import _label
 from featcache.store import Store
 
 log = logging.getLogger(__name__)
@@ -167,13 +168,6 @@ def _reader_params(split: Any) -> dict[str, Any]:
     """The reader's knobs and counts that belong in record params."""
     keys = ("on_bad_annotation", "skipped_annotations", "skipped_images", "limit")
     return {k: split.params[k] for k in keys if k in split.params}
-
-
-def _label(points: Sequence[Mapping[str, Any]], point: Mapping[str, Any]) -> str:
-    varying = [k for k in point if len({repr(p[k]) for p in points}) > 1]
-    return " ".join(
-        f"{k}={point[k]:g}" if isinstance(point[k], float) else f"{k}={point[k]}" for k in varying
-    )
 
 
 def detection_records(
