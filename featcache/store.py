@@ -1213,8 +1213,11 @@ class Store:
         name: str,
         arrays: Mapping[str, np.ndarray],
         attrs: Mapping[str, Any] | None = None,
+        *,
+        files: Mapping[str, bytes] | None = None,
     ) -> None:
-        """Keep arrays a job produced (probe weights, test logits) for later jobs."""
+        """Keep arrays a job produced (probe weights, test logits) for later jobs, and
+        ``files`` (name -> bytes, e.g. a COCO ``predictions.json``) beside them."""
         key = self._artifact_key(kind, backbone, dataset, name)
         self.objects.delete_prefix(key)
         with storage_errors(f"write artifact {key}", self.url):
@@ -1224,9 +1227,12 @@ class Store:
                 group.create_array(
                     validate_name(arr_name, "array"), data=value, compressors=None, overwrite=True
                 )
+            for file_name, data in (files or {}).items():
+                self.objects.put(f"{key}/{validate_name(file_name, 'artifact file')}", bytes(data))
         done = {
             "attrs": dict(attrs or {}),
             "arrays": sorted(arrays),
+            "files": sorted(files or {}),
             "written_at": provenance.now_iso(),
         }
         self.objects.put_json(f"{key}/_bobx/complete.json", done)
@@ -1245,6 +1251,22 @@ class Store:
                 for n in done["arrays"]
             }
         return arrays, dict(done.get("attrs", {}))
+
+    def get_artifact_file(
+        self, kind: str, backbone: str, dataset: str, name: str, file_name: str
+    ) -> bytes:
+        """The bytes of a file kept with an artifact (``put_artifact(files=...)``)."""
+        key = self._artifact_key(kind, backbone, dataset, name)
+        done = self.objects.get_json(f"{key}/_bobx/complete.json")
+        if done is None or file_name not in done.get("files", []):
+            have = [] if done is None else done.get("files", [])
+            raise UnknownNameError(
+                f"file of {kind} artifact {backbone}/{dataset}/{name}", file_name, have
+            )
+        data = self.objects.get(f"{key}/{validate_name(file_name, 'artifact file')}")
+        if data is None:
+            raise StoreError(f"Artifact file {key}/{file_name} is listed but missing.")
+        return bytes(data)
 
     def list_artifacts(self, kind: str, backbone: str, dataset: str) -> list[str]:
         return self.objects.list_groups(

@@ -24,15 +24,25 @@ from PIL import Image
 _FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".bmp": "BMP"}
 
 
-def random_image(size: int | tuple[int, int] = 32, *, seed: int = 0) -> Image.Image:
-    """A seeded RGB image: a smooth colour gradient plus noise (compresses like a photo)."""
+def random_image(
+    size: int | tuple[int, int] = 32,
+    *,
+    seed: int = 0,
+    base: tuple[int, int] = (0, 256),
+    slope: float = 4.0,
+    noise: float = 12.0,
+) -> Image.Image:
+    """A seeded RGB image: a smooth colour gradient plus noise (compresses like a photo).
+
+    ``base`` bounds the colour at the origin, ``slope`` the gradient per pixel, ``noise``
+    the per-pixel standard deviation."""
     width, height = (size, size) if isinstance(size, int) else size
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:height, 0:width]
-    base = rng.integers(0, 256, 3)
-    slope = rng.uniform(-4, 4, (2, 3))
-    pixels = base + xx[..., None] * slope[0] + yy[..., None] * slope[1]
-    pixels = pixels + rng.normal(0, 12, (height, width, 3))
+    origin = rng.integers(base[0], base[1], 3)
+    grad = rng.uniform(-slope, slope, (2, 3))
+    pixels = origin + xx[..., None] * grad[0] + yy[..., None] * grad[1]
+    pixels = pixels + rng.normal(0, noise, (height, width, 3))
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), mode="RGB")
 
 
@@ -543,4 +553,252 @@ def make_webdataset(
                     info.size = len(data)
                     tar.addfile(info, io.BytesIO(data))
                 out.append((f"{name}/{key}", target))
+    return out
+
+
+# ------------------------------------------------------------------------------- detection
+SHAPE_CLASSES = ("square", "disc", "triangle")
+
+
+def _shape_polygon(kind: str, x: float, y: float, w: float, h: float) -> list[tuple[float, float]]:
+    if kind == "square":
+        return [(x, y), (x + w, y), (x + w, y + h), (x, y + h)]
+    if kind == "triangle":
+        return [(x + w / 2, y), (x + w, y + h), (x, y + h)]
+    angles = np.linspace(0, 2 * np.pi, 24, endpoint=False)
+    return [(x + w / 2 + w / 2 * np.cos(a), y + h / 2 + h / 2 * np.sin(a)) for a in angles]
+
+
+def _background(size: tuple[int, int], seed: int) -> Image.Image:
+    """A dull gradient with mild noise: objects stand out, as in a photo of a scene."""
+    return random_image(size, seed=seed, base=(60, 140), slope=0.3, noise=6.0)
+
+
+def _polygon_area(points: Sequence[tuple[float, float]]) -> float:
+    pts = np.asarray(points, dtype=np.float64)
+    x, y = pts[:, 0], pts[:, 1]
+    return float(abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))) / 2)
+
+
+def make_coco_shapes(
+    root: str | Path,
+    splits: dict[str, int] | None = None,
+    *,
+    size: int = 128,
+    max_objects: int = 3,
+    seed: int = 0,
+) -> dict[str, dict[str, Any]]:
+    """A COCO-format set of coloured shapes with boxes and polygon masks.
+
+    Layout (the packaged ``coco_format`` entry's): ``root/annotations/<split>.json`` +
+    ``root/images/<split>/img_XXXX.png``. Categories: 1 square, 2 disc, 3 triangle, each
+    drawn in its own colour family; 1..``max_objects`` objects of 14-60 px per image.
+    Returns the ground-truth dict written per split."""
+    from PIL import ImageDraw
+
+    root = Path(root)
+    colours = {"square": (220, 40, 40), "disc": (40, 200, 60), "triangle": (50, 80, 230)}
+    out: dict[str, dict[str, Any]] = {}
+    for split, n in (splits or {"train": 24, "val": 8}).items():
+        rng = np.random.default_rng([seed, len(split), n])
+        images, annotations = [], []
+        for i in range(n):
+            image = _background((size, size), _seed("coco", split, i, seed))
+            draw = ImageDraw.Draw(image)
+            name = f"img_{i:04d}.png"
+            for _ in range(int(rng.integers(1, max_objects + 1))):
+                c = int(rng.integers(0, len(SHAPE_CLASSES)))
+                kind = SHAPE_CLASSES[c]
+                w, h = (float(v) for v in rng.uniform(14, 60, 2))
+                x, y = float(rng.uniform(0, size - w)), float(rng.uniform(0, size - h))
+                polygon = _shape_polygon(kind, x, y, w, h)
+                tint = np.clip(np.asarray(colours[kind]) + rng.integers(-25, 26, 3), 0, 255)
+                draw.polygon(polygon, fill=tuple(int(v) for v in tint))
+                xs, ys = [p[0] for p in polygon], [p[1] for p in polygon]
+                annotations.append(
+                    {
+                        "id": len(annotations) + 1,
+                        "image_id": i + 1,
+                        "category_id": c + 1,
+                        "bbox": [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)],
+                        "area": _polygon_area(polygon),
+                        "iscrowd": 0,
+                        "segmentation": [[float(v) for p in polygon for v in p]],
+                    }
+                )
+            path = root / "images" / split / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            image.save(path)
+            images.append({"id": i + 1, "file_name": name, "width": size, "height": size})
+        gt = {
+            "info": {"description": "bobx test shapes"},
+            "images": images,
+            "annotations": annotations,
+            "categories": [{"id": k + 1, "name": c} for k, c in enumerate(SHAPE_CLASSES)],
+        }
+        (root / "annotations").mkdir(parents=True, exist_ok=True)
+        (root / "annotations" / f"{split}.json").write_text(json.dumps(gt))
+        out[split] = gt
+    return out
+
+
+def _draw_car(draw: Any, x: float, y: float, w: float, h: float, tint: Sequence[int]) -> None:
+    """A car as both generators draw it: a coloured body, a window band, two dark wheels."""
+    draw.rectangle([x, y + h * 0.3, x + w, y + h * 0.8], fill=tuple(tint))
+    draw.rectangle(
+        [x + w * 0.2, y, x + w * 0.8, y + h * 0.35], fill=tuple(int(v * 0.6) for v in tint)
+    )
+    r = h * 0.2
+    for cx in (x + w * 0.25, x + w * 0.75):
+        draw.ellipse([cx - r, y + h - 2 * r, cx + r, y + h], fill=(20, 20, 20))
+
+
+def _place(
+    rng: np.random.Generator, size: tuple[int, int], lo: float, hi: float
+) -> tuple[float, ...]:
+    w = float(rng.uniform(lo, hi))
+    h = w * float(rng.uniform(0.55, 0.75))
+    x = float(rng.uniform(0, size[0] - w - 1))
+    y = float(rng.uniform(size[1] * 0.3, size[1] - h - 1))
+    return x, y, w, h
+
+
+def make_voc(
+    root: str | Path,
+    n_images: int = 12,
+    *,
+    size: tuple[int, int] = (160, 96),
+    cars: tuple[int, int] = (1, 3),
+    others: int = 1,
+    seed: int = 0,
+    list_file: str | None = None,
+) -> list[dict[str, Any]]:
+    """Sim10k's layout: ``root/JPEGImages/<k>.jpg`` + ``root/Annotations/<k>.xml`` (VOC).
+
+    Each image holds ``cars`` (min, max) cars and ``others`` "person" boxes (grey bars),
+    in VOC's 1-based inclusive pixel coordinates. ``list_file`` also writes
+    ``root/ImageSets/Main/<list_file>.txt`` listing every stem. Returns per image
+    ``{"stem", "cars": [(x1, y1, x2, y2) 0-based], "persons": [...]}``."""
+    from PIL import ImageDraw
+
+    root = Path(root)
+    for sub in ("Annotations", "JPEGImages"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([seed, n_images])
+    out = []
+    for i in range(n_images):
+        stem = f"{3384000 + i}"
+        image = _background(size, _seed("voc", i, seed))
+        draw = ImageDraw.Draw(image)
+        objects = []
+        for kind, count in (("car", int(rng.integers(cars[0], cars[1] + 1))), ("person", others)):
+            for _ in range(count):
+                x, y, w, h = (
+                    _place(rng, size, 18, 48) if kind == "car" else _place(rng, size, 6, 10)
+                )
+                if kind == "car":
+                    _draw_car(draw, x, y, w, h, rng.integers(120, 256, 3))
+                else:
+                    h = w * 3
+                    y = min(y, size[1] - h - 1)
+                    draw.rectangle([x, y, x + w, y + h], fill=(150, 150, 150))
+                x1, y1, x2, y2 = int(round(x)), int(round(y)), int(round(x + w)), int(round(y + h))
+                objects.append((kind, (x1, y1, x2, y2)))
+        image.save(root / "JPEGImages" / f"{stem}.jpg", quality=95)
+        xml = [
+            "<annotation>",
+            "  <folder>VOC2012</folder>",
+            f"  <filename>{stem}.jpg</filename>",
+            f"  <size><width>{size[0]}</width><height>{size[1]}</height><depth>3</depth></size>",
+        ]
+        for kind, (x1, y1, x2, y2) in objects:
+            xml += [
+                "  <object>",
+                f"    <name>{kind}</name><pose>Unspecified</pose><truncated>0</truncated>"
+                "<difficult>0</difficult>",
+                f"    <bndbox><xmin>{x1 + 1}</xmin><ymin>{y1 + 1}</ymin>"
+                f"<xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox>",
+                "  </object>",
+            ]
+        xml.append("</annotation>")
+        (root / "Annotations" / f"{stem}.xml").write_text("\n".join(xml) + "\n")
+        out.append(
+            {
+                "stem": stem,
+                "cars": [b for k, b in objects if k == "car"],
+                "persons": [b for k, b in objects if k == "person"],
+            }
+        )
+    if list_file:
+        target = root / "ImageSets" / "Main" / f"{list_file}.txt"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text("".join(f"{o['stem']}\n" for o in out))
+    return out
+
+
+def make_cityscapes(
+    root: str | Path,
+    split: str = "val",
+    n_images: int = 6,
+    *,
+    cities: Sequence[str] = ("frankfurt", "lindau"),
+    size: tuple[int, int] = (256, 128),
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Cityscapes' layout: ``root/leftImg8bit/<split>/<city>/<stem>_leftImg8bit.png`` +
+    ``root/gtFine/<split>/<city>/<stem>_gtFine_polygons.json``.
+
+    Each image holds 1-3 cars (polygon = the car's outline), one ``cargroup`` region,
+    and ``road`` / ``person`` polygons the reader must ignore. Returns per image
+    ``{"rel", "cars": [polygon points], "groups": [...]}`` in native pixels."""
+    from PIL import ImageDraw
+
+    root = Path(root)
+    rng = np.random.default_rng([seed, n_images, len(split)])
+    out = []
+    for i in range(n_images):
+        city = cities[i % len(cities)]
+        stem = f"{city}_{i:06d}_000019"
+        image = _background(size, _seed("cityscapes", split, i, seed))
+        draw = ImageDraw.Draw(image)
+        objects: list[dict[str, Any]] = [
+            {
+                "label": "road",
+                "polygon": [
+                    [0, size[1] - 1],
+                    [size[0] - 1, size[1] - 1],
+                    [size[0] - 1, size[1] // 2],
+                    [0, size[1] // 2],
+                ],
+            }
+        ]
+        cars, groups = [], []
+        for _ in range(int(rng.integers(1, 4))):
+            x, y, w, h = _place(rng, size, 28, 70)
+            _draw_car(draw, x, y, w, h, rng.integers(120, 256, 3))
+            poly = [
+                [int(x), int(y + h * 0.3)], [int(x + w * 0.2), int(y)], [int(x + w * 0.8), int(y)],
+                [int(x + w), int(y + h * 0.3)], [int(x + w), int(y + h)], [int(x), int(y + h)],
+            ]  # fmt: skip
+            objects.append({"label": "car", "polygon": poly})
+            cars.append(poly)
+        gx, gy = float(rng.uniform(0, size[0] - 40)), float(size[1] * 0.3)
+        group = [
+            [int(gx), int(gy)],
+            [int(gx + 30), int(gy)],
+            [int(gx + 30), int(gy + 10)],
+            [int(gx), int(gy + 10)],
+        ]
+        objects.append({"label": "cargroup", "polygon": group})
+        groups.append(group)
+        objects.append({"label": "person", "polygon": [[5, 5], [9, 5], [9, 20], [5, 20]]})
+        rel = f"leftImg8bit/{split}/{city}/{stem}_leftImg8bit.png"
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        image.save(root / rel)
+        gt_path = root / "gtFine" / split / city / f"{stem}_gtFine_polygons.json"
+        gt_path.parent.mkdir(parents=True, exist_ok=True)
+        gt_path.write_text(
+            json.dumps({"imgHeight": size[1], "imgWidth": size[0], "objects": objects})
+        )
+        out.append({"rel": rel, "cars": cars, "groups": groups})
     return out

@@ -24,6 +24,7 @@ from featcache.errors import (
 )
 from featcache.names import validate_name
 from tests._store_workers import CHUNK, DIM, N, reference_data
+from tests.test_leases import LeaseContract
 
 WORKER = str(Path(__file__).with_name("_store_workers.py"))
 ROOT = str(Path(__file__).resolve().parent.parent)
@@ -68,8 +69,9 @@ def _write(store: featcache.Store, *, key: str = "k1", dtype: str = "float16", *
     return x, y, ids
 
 
-class TestStoreContract:
-    """Every backend must pass every test here (zarr's StoreTests idea)."""
+class TestStoreContract(LeaseContract):
+    """Every backend must pass every test here (zarr's StoreTests idea); the lease
+    checks come from :class:`tests.test_leases.LeaseContract`."""
 
     @pytest.mark.parametrize("dtype", ["float16", "float32"])
     def test_roundtrip(self, store, dtype):
@@ -321,6 +323,17 @@ class TestStoreContract:
         assert store.get_meta("roxford5k", "gnd") == {"gnd": [{"easy": [1]}]}
         with pytest.raises(UnknownNameError):
             store.get_artifact("probe", "bb", "ds", "run2")
+
+    def test_artifact_files(self, store):
+        data = b'[{"image_id": 1, "score": 0.5}]'
+        store.put_artifact("preds", "bb", "ds", "r", {}, {"n": 1}, files={"p.json": data})
+        assert store.get_artifact_file("preds", "bb", "ds", "r", "p.json") == data
+        assert store.get_artifact("preds", "bb", "ds", "r") == ({}, {"n": 1})
+        store.put_artifact("preds", "bb", "ds", "r", {}, {"n": 0})  # a rewrite drops old files
+        with pytest.raises(UnknownNameError, match="p.json"):
+            store.get_artifact_file("preds", "bb", "ds", "r", "p.json")
+        with pytest.raises(InvalidNameError):
+            store.put_artifact("preds", "bb", "ds", "r", {}, files={"../x": b""})
 
     def test_import_features(self, store):
         x = np.random.default_rng(0).standard_normal((300, 8)).astype(np.float32)

@@ -10,7 +10,7 @@ A manifest entry looks like::
       options: {variant: cifar100}  # reader options, checked against the reader's keys
       description: ...
 
-Optional fields: ``multilabel`` (false), ``task`` (classification | retrieval),
+Optional fields: ``multilabel`` (false), ``task`` (classification | retrieval | detection),
 ``class_subset`` (a list of IN-1k indices or ``imagenet_a`` / ``imagenet_r``),
 ``extra_splits`` (splits extracted only when asked for by name, e.g. digits' ``all``, a
 union of the others that no evaluator needs).
@@ -31,7 +31,7 @@ from featcache.catalog import FrozenMap, check_known_fields, load_entries, manif
 from featcache.errors import BobxError, UnknownNameError, suggest
 from featcache.names import validate_name
 
-TASKS = ("classification", "retrieval")
+TASKS = ("classification", "retrieval", "detection")
 _ENV_PATTERN = re.compile(r"[A-Z_][A-Z0-9_]*")
 _FOLDER_OPTIONS = (
     "subdir",
@@ -78,9 +78,42 @@ FORMATS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "revisited": ("revisited", "read_revisited", ("gnd_file", "image_dir", "ext", "subdir")),
     "webdataset": ("webdataset", "read_webdataset", ("shards", "classes")),
     "digits": ("digits", "read_digits", ("size", "resample")),
+    "coco": (
+        "detection",
+        "read_coco",
+        (
+            "annotations",
+            "images",
+            "file_name_from",
+            "masks",
+            "style",
+            "on_bad_annotation",
+            "subdir",
+        ),
+    ),
+    "voc": (
+        "detection",
+        "read_voc",
+        (
+            "annotation_dir",
+            "image_dir",
+            "list_file",
+            "classes",
+            "ignore_classes",
+            "on_bad_annotation",
+            "subdir",
+        ),
+    ),
+    "cityscapes": (
+        "detection",
+        "read_cityscapes",
+        ("classes", "resize", "on_bad_annotation", "subdir"),
+    ),
 }
 #: Formats that need no data root.
 BUILTIN_FORMATS = ("digits",)
+#: Formats whose splits carry boxes (``task: detection``, read by ``bobx detect``).
+DETECTION_FORMATS = ("coco", "voc", "cityscapes")
 
 #: Enumerated option values, by (format, key); "*" applies to every format.
 _OPTION_CHOICES: dict[tuple[str, str], tuple[Any, ...]] = {
@@ -92,6 +125,10 @@ _OPTION_CHOICES: dict[tuple[str, str], tuple[Any, ...]] = {
     ("imagenet", "class_index"): ("folders", "canonical"),
     ("digits", "resample"): ("nearest", "bilinear", "bicubic"),
     ("*", "labelled"): (True, False),
+    ("*", "on_bad_annotation"): ("error", "skip"),
+    ("coco", "file_name_from"): ("file_name", "coco_url"),
+    ("coco", "masks"): (True, False),
+    ("coco", "style"): ("coco", "lvis"),
 }
 
 _FIELDS = (
@@ -195,9 +232,16 @@ def spec_from_fields(name: str, fields: Mapping[str, Any]) -> DatasetSpec:
     multilabel = fields.get("multilabel", False)
     if not isinstance(multilabel, bool):
         raise _problem(source, name, "'multilabel' must be true or false.")
-    task = fields.get("task", "classification")
+    task = fields.get("task", "detection" if fmt in DETECTION_FORMATS else "classification")
     if task not in TASKS:
         raise _problem(source, name, f"'task' must be one of {', '.join(TASKS)}, not {task!r}.")
+    if (task == "detection") != (fmt in DETECTION_FORMATS):
+        raise _problem(
+            source,
+            name,
+            f"'task: detection' goes with the formats {', '.join(DETECTION_FORMATS)} "
+            f"(this entry has format {fmt!r} and task {task!r}).",
+        )
     root_env = fields.get("root_env")
     if root_env is not None and (
         not isinstance(root_env, str) or not _ENV_PATTERN.fullmatch(root_env)
