@@ -37,6 +37,9 @@ T = TypeVar("T")
 #: Process-wide named memory stores, so ``memory://name`` opened twice is one store.
 _MEMORY: dict[str, dict[str, Any]] = {}
 _MEMORY_LOCK = threading.Lock()
+#: One lock for ``put_new`` on stores without a native create-only write: two ``Store``
+#: objects opened on the same ``memory://name`` must exclude each other too.
+_PUT_NEW_LOCK = threading.Lock()
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
@@ -92,7 +95,6 @@ class Objects:
 
     def __init__(self, zstore: ZarrStore) -> None:
         self.zstore = zstore
-        self._lock = threading.Lock()
 
     # -- reading -----------------------------------------------------------------------
     def get(self, key: str) -> bytes | None:
@@ -157,7 +159,7 @@ class Objects:
                     return False
                 raise StoreError(f"Cannot write {key!r} to the S3 store: {exc}") from exc
             return True
-        with self._lock:  # memory (one process) and other fsspec stores
+        with _PUT_NEW_LOCK:  # memory (one process) and other fsspec stores
             if self.exists(key):
                 return False
             self.put(key, data)

@@ -22,6 +22,7 @@ from featcache.errors import (
 )
 from featcache.names import validate_name
 from tests._store_workers import CHUNK, DIM, N, reference_data
+from tests.test_leases import LeaseContract
 
 WORKER = str(Path(__file__).with_name("_store_workers.py"))
 ROOT = str(Path(__file__).resolve().parent.parent)
@@ -43,8 +44,9 @@ def _write(store: featcache.Store, *, key: str = "k1", dtype: str = "float16", *
     return x, y, ids
 
 
-class TestStoreContract:
-    """Every backend must pass every test here (zarr's StoreTests idea)."""
+class TestStoreContract(LeaseContract):
+    """Every backend must pass every test here (zarr's StoreTests idea); the lease
+    checks come from :class:`tests.test_leases.LeaseContract`."""
 
     @pytest.mark.parametrize("dtype", ["float16", "float32"])
     def test_roundtrip(self, store, dtype):
