@@ -434,23 +434,27 @@ def list_suites() -> list[SuiteSpec]:
     return [suite_from_fields(n, entries[n]) for n in sorted(entries)]
 
 
-def validate_suite_manifests() -> tuple[int, list[str]]:
-    """(number of valid suites, problems of the invalid ones); reads no data.
+def validate_suite_manifests() -> dict[str, Any]:
+    """``{"count": valid suites, "problems": [...]}`` (``bobx validate``); reads no data.
 
     Each suite is also expanded into its work items, which checks that every
     evaluation finds the splits it reads."""
     try:
         entries = load_entries("suites")
     except BobxError as exc:
-        return 0, [str(exc)]
+        return {"count": 0, "problems": [str(exc)]}
     valid, problems = 0, []
     for name, fields in entries.items():
         try:
             expand_suite(suite_from_fields(name, fields))
             valid += 1
         except BobxError as exc:
-            problems.append(str(exc))
-    return valid, problems
+            source = str(fields.get("_source", "<python>"))
+            text = str(exc)
+            problems.append(
+                text if text.startswith(source) else f"{source}: suite {name!r}: {text}"
+            )
+    return {"count": valid, "problems": problems}
 
 
 # --------------------------------------------------------------------------- work items
@@ -495,6 +499,18 @@ class WorkItem:
     def uses_accelerator(self) -> bool:
         """Extraction and jobs run the backbone (GPU work); evaluators are CPU work."""
         return self.kind in ("extract", "job")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> WorkItem:
+        """The inverse of :meth:`to_dict` (names validated again)."""
+        return cls(
+            kind=data["kind"],
+            backbone=data["backbone"],
+            dataset=data["dataset"],
+            variant=data["variant"],
+            options=FrozenMap(data.get("options") or {}),
+            needs=tuple(data.get("needs") or ()),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -722,20 +738,20 @@ def _evaluation_items(
             f"suite grid on {dataset}: calibrate reads stored probe predictions; add a probe "
             "evaluation to the grid or name calibrate's runs (e.g. runs: [full])."
         )
-    for run in runs:
+    for run_name in runs:
         suffix = f"-b{calibrate['n_bins']}" + ("-ts" if calibrate["temperature_scale"] else "")
         add(
             WorkItem(
                 "calibrate",
                 backbone,
                 dataset,
-                run + suffix,
+                run_name + suffix,
                 {
-                    "run": run,
+                    "run": run_name,
                     "n_bins": calibrate["n_bins"],
                     "temperature_scale": calibrate["temperature_scale"],
                 },
-                (probe_ids[run],) if run in probe_ids else (),
+                (probe_ids[run_name],) if run_name in probe_ids else (),
             )
         )
 
