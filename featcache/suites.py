@@ -13,7 +13,7 @@ catalogs (packaged files, then ``$BOBX_MANIFESTS/suites/``)::
         - datasets: [digits]
           evaluate:
             knn: {k: [10, 20]}
-            probe: {fractions: [full, 0.1]}  # one probe run each (and per seed)
+            probe: {fractions: [full, 0.1]}  # one probe run each (and per seed); or shots
             calibrate: {}                    # every probe run of the grid
             retrieve: {}
           jobs:
@@ -218,6 +218,8 @@ def _evaluation(kind: str, raw: Any, where: tuple[str, str], catalogs: _Catalogs
         )
     options = _mapping(raw, kind, where)
     defaults = _EVAL_DEFAULTS[kind]
+    if kind == "probe" and "shots" in options and "fractions" not in options:
+        defaults = {**defaults, "fractions": []}  # shots alone: no full-data probe
     check_known_fields(options, tuple(defaults), source=where[0], kind="suite", name=where[1])
     out = {**defaults, **options}
     for key in ("train_split", "test_split", "val_split", "query_split", "gallery_split"):
@@ -423,7 +425,7 @@ def get_suite(name: str | SuiteSpec) -> SuiteSpec:
             "suite",
             name,
             entries,
-            hint="Run `bobx plan --list` to see them; add your own YAML in $BOBX_MANIFESTS/suites.",
+            hint="Run `bobx plan` to list them; add your own YAML in $BOBX_MANIFESTS/suites.",
         )
     return suite_from_fields(name, entries[name])
 

@@ -76,10 +76,10 @@ class LocalBackend:
         self.models = ModelCache()  # in-process mode (workers=0)
 
     # -- Backend --------------------------------------------------------------------
-    def has_slot(self, item: WorkItem) -> bool:
-        if not self.size:
-            return not self._done_here
-        return len(self._futures) < self.size
+    def free_slots(self) -> int:
+        if not self.size:  # in this process: one item at a time
+            return 0 if self._done_here else 1
+        return self.size - len(self._futures)
 
     def submit(self, batch: list[WorkItem]) -> None:
         if not self.size:  # in this process, now

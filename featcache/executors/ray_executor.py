@@ -114,8 +114,8 @@ class RayBackend:
 
         return max(idle, key=score)
 
-    def has_slot(self, item: WorkItem) -> bool:
-        return bool(self._idle())
+    def free_slots(self) -> int:
+        return len(self._idle())
 
     def submit(self, batch: list[WorkItem]) -> None:
         for item in batch:

@@ -39,8 +39,8 @@ class Backend(Protocol):
 
     name: str
 
-    def has_slot(self, item: WorkItem) -> bool:
-        """Whether ``item`` could start now."""
+    def free_slots(self) -> int:
+        """How many more items could start now."""
         ...
 
     def submit(self, batch: list[WorkItem]) -> None:
@@ -166,7 +166,7 @@ class _Driver:
         return self.report
 
     def _start_ready(self) -> None:
-        now, batch = time.time(), []
+        now, batch, free = time.time(), [], self.backend.free_slots()
         for item_id in list(self.pending):
             item = self.todo[item_id]
             bad = next((n for n in item.needs if n in self.unusable), None)
@@ -180,7 +180,7 @@ class _Driver:
                 continue
             if any(n in self.todo and n not in self.satisfied for n in item.needs):
                 continue
-            if not self.backend.has_slot(item):
+            if len(batch) >= free:
                 continue
             self.pending.remove(item_id)
             self.running[item_id] = item

@@ -78,8 +78,8 @@ class SlurmBackend:
         self.jobs: dict[Any, WorkItem] = {}
 
     # -- Backend --------------------------------------------------------------------
-    def has_slot(self, item: WorkItem) -> bool:
-        return len(self.jobs) < self.parallelism
+    def free_slots(self) -> int:
+        return self.parallelism - len(self.jobs)
 
     def submit(self, batch: list[WorkItem]) -> None:
         for accelerated in (True, False):
