@@ -60,6 +60,7 @@ class Outcome:
     worker: str = ""
     retry: bool = False  # failed, and another attempt may succeed
     traceback: str = ""
+    models_loaded: int = 0  # models this worker has loaded so far (once per backbone)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -117,6 +118,7 @@ def run_item(
             " ".join(detail.split()),
             round(time.perf_counter() - t0, 3),
             worker=worker_id(),
+            models_loaded=getattr(models, "loads", 0),
             **extra,
         )
 
