@@ -25,7 +25,7 @@ import pytest
 import featcache
 from featcache.executors import RunOptions, run_suite
 from featcache.executors.plan import plan_suite, read_failures
-from featcache.executors.scheduler import RunReport, execute
+from featcache.executors.scheduler import RunReport
 from featcache.leases import read_lease
 from tests.test_cli_store import bobx
 
@@ -66,6 +66,13 @@ slow:
   grids:
     - datasets: [digits]
       splits: {digits: [test]}
+knn_only:
+  backbones: [e2e_resnet]
+  extract: {weights: random, chunk_rows: 128, limit: 600}
+  grids:
+    - datasets: [digits]
+      evaluate:
+        knn: {k: [10, 20]}
 broken:
   backbones: [e2e_resnet]
   extract: {weights: random}
@@ -415,33 +422,62 @@ def test_without_ray_the_error_names_the_extra(manifests, tmp_path: Path) -> Non
 
 # ----------------------------------------------------------------------------- slurm
 def test_submitit_local_executor_matches_serial_cli(reference, tmp_path: Path) -> None:
+    """Two waves of job arrays (the extractions, then kNN) through submitit's local executor."""
+    pytest.importorskip("submitit", reason="the slurm extra (pip install bobx[slurm]) is missing")
+    store = featcache.open_store(str(tmp_path / "store"))
+    slurm = {"folder": tmp_path / "submitit", "cluster": "local", "timeout_min": 10}
+    _, report = run_suite(store, "knn_only", executor="slurm", slurm=slurm)
+    assert report is not None and report.ok and report.counts()["done"] == 3, report.to_dict()
+    for split in ("train", "test"):
+        a, b = (
+            reference.features("e2e_resnet", "digits", split),
+            store.features("e2e_resnet", "digits", split),
+        )
+        assert np.array_equal(a.embeddings(dtype=None), b.embeddings(dtype=None))
+    knn = _result_rows(store)
+    assert len(knn) == 4 and set(knn) <= set(_result_rows(reference))
+    assert len(list((tmp_path / "submitit").glob("*_submitted.pkl"))) == 3
+
+
+@pytest.mark.slow
+def test_submitit_full_suite_matches_serial_cli(reference, tmp_path: Path) -> None:
     pytest.importorskip("submitit", reason="the slurm extra (pip install bobx[slurm]) is missing")
     store = featcache.open_store(str(tmp_path / "store"))
     slurm = {"folder": tmp_path / "submitit", "cluster": "local", "timeout_min": 10}
     _, report = run_suite(store, "tiny", executor="slurm", slurm=slurm)
     assert report is not None and report.ok, report.to_dict()
     assert_same_store(reference, store)
-    assert len(list((tmp_path / "submitit").glob("*_submitted.pkl"))) >= 12
 
 
 def test_submitit_preempted_job_requeues_and_resumes(slow_reference, tmp_path: Path) -> None:
+    """Slurm signals a job (USR2) before preemption or its time limit: submitit calls the
+    task's checkpoint and requeues it; the requeued item resumes from its chunk markers."""
     pytest.importorskip("submitit", reason="the slurm extra (pip install bobx[slurm]) is missing")
-    from featcache.executors.slurm_executor import SlurmBackend
-
     store = featcache.open_store(str(tmp_path / "store"))
-    backend = SlurmBackend(
-        store.url, RunOptions(**FAST), folder=tmp_path / "submitit", cluster="local"
+    slurm = {"folder": tmp_path / "submitit", "cluster": "local", "timeout_min": 10}
+    thread, box = _in_thread(
+        lambda: run_suite(
+            store,
+            "slow",
+            executor="slurm",
+            slurm=slurm,
+            held_retry_s=0.5,
+            options=RunOptions(**FAST),
+        )  # fmt: skip
     )
-    plan = plan_suite(store, "slow")
-    thread, box = _in_thread(lambda: execute(plan, store, backend, held_retry_s=0.5))
-    _wait_for(lambda: (p := store.chunk_progress(*SLOW_SET)) and p[0], what="a chunk marker")
-    (job,) = list(backend.jobs)
-    job._interrupt()  # what Slurm does before preemption or the time limit: USR2
+
+    def started() -> object:
+        progress = store.chunk_progress(*SLOW_SET)
+        return progress is not None and len(progress[0]) >= 1
+
+    _wait_for(started, what="the first chunk marker")
+    lease = read_lease(store, "extract/e2e_slow/digits/test")
+    assert lease is not None
+    os.kill(lease.pid, signal.SIGUSR2)  # the job's task process, as Slurm signals it
     thread.join(300)
     assert "error" not in box, box.get("error")
-    report = box["value"]
-    assert (
-        report.ok and report.attempts["extract/e2e_slow/digits/test"] == 1
-    )  # requeued by submitit
-    assert "Requeued" in (job.stderr() or "") or "requeue" in (job.stdout() or "").lower()
-    assert np.array_equal(store.features(*SLOW_SET).embeddings(dtype=None), slow_reference)
+    _, report = box["value"]
+    _assert_resumed(store, slow_reference, report)
+    assert report.attempts["extract/e2e_slow/digits/test"] == 1  # requeued by submitit itself
+    (log,) = (tmp_path / "submitit").glob("*_0_log.out")
+    assert "Requeued job" in log.read_text()
