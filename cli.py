@@ -956,7 +956,7 @@ def datasets_cmd(as_json: JsonOpt = False) -> None:
 
 @app.command("validate")
 def validate_cmd(as_json: JsonOpt = False) -> None:
-    """Check every backbone and dataset manifest (fields, names, library registries)."""
+    """Check every backbone, dataset and recipe manifest (fields, names, library registries)."""
     from featcache.backbones import validate_manifests
 
     report = validate_manifests()

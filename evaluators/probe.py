@@ -59,10 +59,12 @@ __all__ = [
     "DEFAULT_C_GRID",
     "HIGHER_IS_BETTER",
     "PROTOCOLS",
+    "classification_metrics",
     "linear_probe",
     "sample_fraction",
     "sample_shots",
     "stratified_holdout",
+    "training_rows",
 ]
 
 #: The DINOv2 sweep: 45 values of C, ``10 ** linspace(-6, 5, 45)``.
@@ -167,6 +169,58 @@ def stratified_holdout(
         val.append(perm[:n_val])
         train.append(perm[n_val:])
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+def training_rows(
+    train_y: np.ndarray,
+    *,
+    official_val: bool,
+    holdout: float = 0.1,
+    seed: int = 0,
+    fraction: float | None = None,
+    shots: int | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The rows of train a model fits on, and the rows held out to choose its knobs.
+
+    Without an official validation split, a seeded stratified ``holdout`` of train is set
+    aside (:func:`stratified_holdout`); the low-shot subset (``fraction`` or ``shots``) is
+    then drawn from what remains, so few-shot training never sees the items used for
+    selection. The probe and the fine-tuning jobs both call this, so a backbone's probe
+    and its fine-tune see the same images.
+
+    Returns sorted int64 ``(fit_idx, holdout_idx)``; ``holdout_idx`` is None with an
+    official validation split.
+    """
+    if fraction is not None and shots is not None:
+        raise ProbeError("pass fraction or shots, not both.")
+    if official_val:
+        pool, val_idx = np.arange(np.asarray(train_y).shape[0]), None
+    else:
+        pool, val_idx = stratified_holdout(train_y, holdout, seed)
+        if val_idx.size == 0:
+            raise ProbeError(
+                "the holdout is empty (too few training items per class); pass val_x/val_y "
+                "or a larger holdout."
+            )
+    labels = np.asarray(train_y)[pool]
+    if fraction is not None:
+        return pool[sample_fraction(labels, fraction, seed)], val_idx
+    if shots is not None:
+        return pool[sample_shots(labels, shots, seed)], val_idx
+    return pool, val_idx
+
+
+def classification_metrics(logits: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """Test metrics of class scores: ``top1``, ``top5`` and ``mean_per_class_recall``
+    for labels ``y`` (n,), or ``macro_auc`` for a 0/1 matrix ``y`` (n, L) (multi-label).
+
+    Shapes: ``logits`` (n, C); the probe's own metric code, for scores from any model."""
+    z, labels = np.asarray(logits, dtype=np.float64), np.asarray(y)
+    if z.ndim != 2 or z.shape[0] != labels.shape[0]:
+        raise ShapeError(f"logits {z.shape} do not match labels {labels.shape}.")
+    if labels.ndim == 2:
+        return {"macro_auc": _macro_auc(z, labels)}
+    return _single_label_metrics(z, as_labels(labels, "y"))
 
 
 # ------------------------------------------------------------------ problem encoding
@@ -793,26 +847,19 @@ def linear_probe(
         grid = _grid(c_grid)
         model = _make_backend(backend, max_iter=max_iter, tol=tol, device=device, dtype=dtype)
 
-    # 1. the selection split
-    if val_x is None:
-        pool, val_idx = stratified_holdout(train_y, holdout, seed)
-        if val_idx.size == 0:
-            raise ProbeError(
-                "the holdout is empty (too few training items per class); pass val_x/val_y "
-                "or a larger holdout."
-            )
+    # 1. the selection split; 2. the low-shot subset, drawn from the train part only
+    fit_idx, val_idx = training_rows(
+        train_y,
+        official_val=val_x is not None,
+        holdout=holdout,
+        seed=seed,
+        fraction=fraction,
+        shots=shots,
+    )
+    if val_idx is not None:
         sel_x, sel_y = train_x[val_idx], train_y[val_idx]
     else:
-        pool, val_idx = np.arange(train_y.shape[0]), None
         sel_x, sel_y = val_x, val_y
-
-    # 2. low-shot subset, drawn from the train part only
-    if fraction is not None:
-        fit_idx = pool[sample_fraction(train_y[pool], fraction, seed)]
-    elif shots is not None:
-        fit_idx = pool[sample_shots(train_y[pool], shots, seed)]
-    else:
-        fit_idx = pool
     low_shot = fraction is not None or shots is not None
 
     # 3. the sweep: C ascending (warm-started for backends that support it), or

@@ -537,9 +537,11 @@ def validate_backbone_manifests(*, check_registries: bool = True) -> list[str]:
 
 def validate_manifests(*, check_registries: bool = True) -> dict[str, dict[str, Any]]:
     """Every manifest checked, by kind (``bobx validate``): ``{"backbones": {"count": n,
-    "problems": [...]}, "datasets": {...}, "suites": {...}}``. Reads no data, runs no model."""
+    "problems": [...]}, "datasets": {...}, "recipes": {...}, "suites": {...}}``. Reads no
+    data, runs no model."""
     from featcache.datasets import validate_dataset_manifests
     from featcache.datasets.spec import load_specs
+    from featcache.jobs.recipes import load_recipes, validate_recipe_manifests
     from featcache.suites import validate_suite_manifests
 
     return {
@@ -548,5 +550,6 @@ def validate_manifests(*, check_registries: bool = True) -> dict[str, dict[str, 
             "problems": validate_backbone_manifests(check_registries=check_registries),
         },
         "datasets": {"count": len(load_specs()[0]), "problems": validate_dataset_manifests()},
+        "recipes": {"count": len(load_recipes()[0]), "problems": validate_recipe_manifests()},
         "suites": validate_suite_manifests(),
     }

@@ -31,7 +31,10 @@ show the state of one key or every key (``bobx status``).
 
 Expiry compares the reader's clock with the holder's heartbeat time, so hosts sharing a
 store need clocks within a small fraction of the TTL of each other (NTP gives
-milliseconds; the default TTL is a minute).
+milliseconds; the default TTL is a minute). One shortcut: a lease whose holder ran in
+this machine's process table (same boot id and PID namespace, which Linux names in
+``/proc``) and whose process no longer exists is dead at once, so a job killed here can
+be resumed here without waiting for its TTL.
 """
 
 from __future__ import annotations
@@ -86,6 +89,27 @@ def lease_key(kind: str, *parts: str) -> str:
     return "/".join(validate_name(p, "lease key part") for p in (kind, *parts))
 
 
+def _process_table() -> str | None:
+    """This process table's identity (boot id + PID namespace), or None off Linux. Two
+    processes see the same pids exactly when this is equal."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+        return f"{boot}/{os.readlink('/proc/self/ns/pid')}"
+    except OSError:
+        return None
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
 def _check_key(key: str) -> str:
     parts = key.split("/")
     if len(parts) < 2:
@@ -113,6 +137,7 @@ class LeaseInfo:
     ttl_s: float
     heartbeat: float  # epoch seconds of the last heartbeat (the start if none yet)
     released: bool
+    process_table: str | None = None  # boot id + PID namespace of the holder's machine
 
     @property
     def expires(self) -> float:
@@ -121,13 +146,20 @@ class LeaseInfo:
     def heartbeat_age_s(self, now: float | None = None) -> float:
         return max(0.0, (time.time() if now is None else now) - self.heartbeat)
 
+    def holder_gone(self) -> bool:
+        """The holder ran in this process table and its process no longer exists."""
+        here = _process_table()
+        return bool(here and self.process_table == here and not _pid_exists(self.pid))
+
     def active(self, now: float | None = None) -> bool:
-        """Held: not released and heartbeated within its TTL."""
-        return not self.released and (time.time() if now is None else now) < self.expires
+        """Held: not released, heartbeated within its TTL, and its holder not known dead."""
+        if self.released or (time.time() if now is None else now) >= self.expires:
+            return False
+        return not self.holder_gone()
 
     @property
     def state(self) -> str:
-        """``held`` | ``expired`` | ``released``."""
+        """``held`` | ``expired`` (or its holder process is gone) | ``released``."""
         if self.released:
             return "released"
         return "held" if self.active() else "expired"
@@ -167,6 +199,7 @@ def _info(store: Any, key: str, generation: int) -> LeaseInfo | None:
         ttl_s=float(doc["ttl_s"]),
         heartbeat=heartbeat,
         released=store.objects.exists(base + _gen_name(generation, ".released")),
+        process_table=doc.get("process_table"),
     )
 
 
@@ -324,6 +357,7 @@ def _try_take(store: Any, key: str, generation: int, ttl_s: float, note: str) ->
         "holder": provenance.user(),
         "host": provenance.host(),
         "pid": os.getpid(),
+        "process_table": _process_table(),
         "token": uuid.uuid4().hex,
         "started_at": provenance.now_iso(),
         "heartbeat": now,
