@@ -127,9 +127,8 @@ def run_item(
         if item.kind == "extract":
             status, detail = _extract(st, item, opts, models)
             return outcome(status, detail)
-        if item.kind == "job":
-            return outcome(*_job(st, item, opts))
-        status, detail, n = _evaluate(st, item, opts)
+        runner = _job if item.kind == "job" else _evaluate
+        status, detail, n = runner(st, item, opts)
         return outcome(status, detail, records=n)
     except LeaseHeldError as exc:
         return outcome("held", str(exc))
@@ -216,13 +215,24 @@ _RUNNERS = {
 }
 
 
-def _job(st: Store, item: WorkItem, opts: RunOptions) -> tuple[str, str]:
-    from featcache.executors.plan import job_problem
+def _job(st: Store, item: WorkItem, opts: RunOptions) -> tuple[str, str, int]:
+    """A heavy job through its runner (the job layer leases, checkpoints and caches it)."""
+    import inspect
 
-    problem = job_problem(str(item.options["job"]))
-    if problem:
-        return "unavailable", problem
-    raise BobxError(f"{item.id}: job kinds run through the job layer, which did not run it.")
+    from featcache.executors.plan import job_problem, job_runner
+
+    options = thaw(item.options)
+    kind = options.pop("job")
+    run = job_runner(kind)
+    if run is None:
+        return "unavailable", str(job_problem(kind)), 0
+    accepted = inspect.signature(run).parameters
+    runtime = {"device": opts.device, "wait": False, "lease_ttl_s": opts.lease_ttl_s}
+    kwargs = {**{k: v for k, v in runtime.items() if k in accepted}, **options}
+    backbone, dataset = kwargs.pop("backbone"), kwargs.pop("dataset")
+    result = run(st, backbone, dataset, **kwargs)
+    records = result if isinstance(result, list) else getattr(result, "records", [])
+    return "done", f"{len(records)} record(s)", len(records)
 
 
 __all__ = ["OUTCOMES", "ModelCache", "Outcome", "RunOptions", "run_in_worker", "run_item"]

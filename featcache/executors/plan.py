@@ -34,8 +34,16 @@ from featcache.suites import SuiteSpec, WorkItem, expand_suite, get_suite
 FAILURES = "runs/failures"
 #: Item states, in the order ``bobx status`` counts them.
 STATES = ("done", "partial", "leased", "failed", "todo", "blocked", "unavailable")
-#: Tasks whose records mark evaluator runs done.
-_EVAL_TASKS = ("classification", "ood_classification", "calibration", "retrieval")
+#: Tasks whose records mark evaluator runs and jobs done.
+_EVAL_TASKS = (
+    "classification",
+    "ood_classification",
+    "calibration",
+    "retrieval",
+    "robustness",
+    "speed",
+    "detection",
+)
 
 
 @dataclass(frozen=True)
@@ -279,26 +287,59 @@ def read_failures(store: Store, item_id: str | None = None) -> dict[str, list[di
 
 
 # --------------------------------------------------------------------------- states
-#: The runner module of each job kind (issues 11 and 12), beside the job layer.
+#: Each job kind's library twin (issues 11 and 12): module and function, called as
+#: ``fn(store, backbone, dataset, **suite options)``; the job layer inside it gives the
+#: runs their ids, leases, checkpoints and caching.
 JOB_RUNNERS = {
-    "finetune": "featcache.runners.finetune",
-    "detect": "featcache.runners.detection",
-    "robustness": "featcache.runners.robustness",
-    "speed": "featcache.runners.speed",
+    "finetune": ("featcache.runners.finetune", "run_finetune"),
+    "detect": ("featcache.runners.detection", "run_detection"),
+    "robustness": ("featcache.runners.robustness", "run_robustness"),
+    "speed": ("featcache.runners.speed", "run_speed"),
 }
+#: The records that show a job kind's run in the store: task and fixed params.
+_JOB_RECORDS: dict[str, tuple[str, dict[str, Any]]] = {
+    "finetune": ("classification", {"protocol": "finetune"}),
+    "detect": ("detection", {}),
+    "robustness": ("robustness", {}),
+    "speed": ("speed", {}),
+}
+#: Knobs compared with their default when the suite does not set them.
+_JOB_DEFAULT_KNOBS = {"fraction": None, "shots": None, "seed": 0}
+
+
+def job_runner(kind: str) -> Any | None:
+    """The library function that runs ``kind``, or ``None`` when this bobx lacks it."""
+    import importlib
+
+    module, name = JOB_RUNNERS[kind]
+    try:
+        return getattr(importlib.import_module(module), name, None)
+    except ImportError:
+        return None
 
 
 def job_problem(kind: str) -> str | None:
     """Why a job kind cannot run here (``None``: it can)."""
-    from importlib.util import find_spec
-
-    missing = [m for m in ("featcache.jobs", JOB_RUNNERS[kind]) if find_spec(m) is None]
-    if missing:
+    if job_runner(kind) is None:
+        module, name = JOB_RUNNERS[kind]
         return (
-            f"job kind {kind!r} is not available yet: {' and '.join(missing)} "
-            "is not in this bobx (the job layer and its command); the suite keeps it planned"
+            f"job kind {kind!r} is not available yet: {module}.{name} (`bobx {kind}`) is not "
+            "in this bobx; the suite keeps it planned for when it is"
         )
-    return f"job kind {kind!r} is installed, but `bobx run` does not drive it yet"
+    return None
+
+
+def _job_done(item: WorkItem, index: _RecordIndex) -> bool:
+    """A record of the job's task with the suite's knobs (the job layer itself skips a run
+    whose id is done, so a run this misses costs no training)."""
+    options = thaw(item.options)
+    kind = options.pop("job")
+    task, fixed = _JOB_RECORDS[kind]
+    knobs = {k: v for k, v in options.items() if k not in ("backbone", "dataset")}
+    knobs = {**(_JOB_DEFAULT_KNOBS if kind == "finetune" else {}), **knobs, **fixed}
+    plain = {k: v for k, v in knobs.items() if v is None or isinstance(v, str | int | float)}
+    rows = index.rows.get((task, item.backbone, item.dataset), ())
+    return any(all(p.get(k) == v for k, v in plain.items()) for _, _, p in rows)
 
 
 def is_done(store: Store, item: WorkItem) -> bool:
@@ -306,7 +347,7 @@ def is_done(store: Store, item: WorkItem) -> bool:
     if item.kind == "extract":
         return _extract_state(store, item)[0] == "done"
     if item.kind == "job":
-        return False
+        return _job_done(item, _RecordIndex(store))
     return _evaluator_done(store, item, _RecordIndex(store))
 
 
@@ -345,7 +386,7 @@ def item_states(store: Store, items: Sequence[WorkItem]) -> list[ItemState]:
         elif item.kind == "extract":
             state, detail = _extract_state(store, item)
         elif item.kind == "job":
-            state, detail = "todo", ""
+            state, detail = ("done", "") if _job_done(item, index) else ("todo", "")
         else:
             state, detail = ("done", "") if _evaluator_done(store, item, index) else ("todo", "")
         if state in ("todo", "partial") and lease is not None:

@@ -166,7 +166,8 @@ class _Driver:
         return self.report
 
     def _start_ready(self) -> None:
-        now, batch, free = time.time(), [], self.backend.free_slots()
+        now, free = time.time(), self.backend.free_slots()
+        batch: list[WorkItem] = []
         for item_id in list(self.pending):
             item = self.todo[item_id]
             bad = next((n for n in item.needs if n in self.unusable), None)
