@@ -520,6 +520,7 @@ def _run_progress(as_json: bool) -> tuple[Any, Any]:
                 settled.add(event["item"])
             line = f"{event['item']}: {event['status']} {event['detail']}"
             bar.console.print(line[:300], highlight=False, markup=False)
+            bar.update(task, description="bobx run")
         elif kind == "retry":
             settled.discard(event["item"])
         elif kind == "skipped":

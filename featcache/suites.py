@@ -206,7 +206,7 @@ def _int_list(value: Any, what: str, where: tuple[str, str], *, minimum: int = 1
     return value
 
 
-def _evaluation(kind: str, raw: Any, where: tuple[str, str], catalogs: _Catalogs) -> FrozenMap:
+def _evaluation(kind: str, raw: Any, where: tuple[str, str], catalogs: Catalogs) -> FrozenMap:
     """One evaluation's options with every default filled in."""
     if kind not in _EVAL_DEFAULTS:
         from featcache.errors import suggest
@@ -277,8 +277,10 @@ def _evaluation(kind: str, raw: Any, where: tuple[str, str], catalogs: _Catalogs
     return FrozenMap(out)
 
 
-class _Catalogs:
-    """The backbone and dataset catalogs, read once (each read parses every YAML file)."""
+class Catalogs:
+    """The backbone and dataset catalogs, read once (each read parses every YAML file);
+    pass one to :func:`suite_from_fields`, :func:`get_suite` and :func:`expand_suite`
+    when several calls need them."""
 
     def __init__(self) -> None:
         from featcache.backbones import load_backbone_specs
@@ -317,7 +319,7 @@ def _grid(
     backbones: list[str] | None,
     extract: dict[str, Any],
     where: tuple[str, str],
-    catalogs: _Catalogs,
+    catalogs: Catalogs,
 ) -> Grid:
     source, name = where
     here = (source, f"{name} grid {index}")
@@ -382,7 +384,9 @@ def _grid(
     )
 
 
-def suite_from_fields(name: str, fields: Mapping[str, Any]) -> SuiteSpec:
+def suite_from_fields(
+    name: str, fields: Mapping[str, Any], catalogs: Catalogs | None = None
+) -> SuiteSpec:
     """Validate raw manifest fields into a :class:`SuiteSpec` (ManifestError on a problem).
 
     Backbones and datasets are checked against their catalogs (names only: no data,
@@ -398,7 +402,7 @@ def suite_from_fields(name: str, fields: Mapping[str, Any]) -> SuiteSpec:
     raw_grids = fields.get("grids")
     if not isinstance(raw_grids, list) or not raw_grids:
         raise _problem(source, name, "'grids' must be a non-empty list of grids.")
-    catalogs = _Catalogs()
+    catalogs = catalogs or Catalogs()
     grids = tuple(_grid(g, i, backbones, extract, where, catalogs) for i, g in enumerate(raw_grids))
     description = fields.get("description", "")
     if not isinstance(description, str):
@@ -415,7 +419,7 @@ def suite_from_fields(name: str, fields: Mapping[str, Any]) -> SuiteSpec:
     )
 
 
-def get_suite(name: str | SuiteSpec) -> SuiteSpec:
+def get_suite(name: str | SuiteSpec, catalogs: Catalogs | None = None) -> SuiteSpec:
     """The suite named ``name``; UnknownNameError with near misses when there is none."""
     if isinstance(name, SuiteSpec):
         return name
@@ -427,13 +431,13 @@ def get_suite(name: str | SuiteSpec) -> SuiteSpec:
             entries,
             hint="Run `bobx plan` to list them; add your own YAML in $BOBX_MANIFESTS/suites.",
         )
-    return suite_from_fields(name, entries[name])
+    return suite_from_fields(name, entries[name], catalogs)
 
 
 def list_suites() -> list[SuiteSpec]:
     """Every suite, sorted by name (ManifestError on the first invalid one)."""
-    entries = load_entries("suites")
-    return [suite_from_fields(n, entries[n]) for n in sorted(entries)]
+    entries, catalogs = load_entries("suites"), Catalogs()
+    return [suite_from_fields(n, entries[n], catalogs) for n in sorted(entries)]
 
 
 def validate_suite_manifests() -> dict[str, Any]:
@@ -445,10 +449,10 @@ def validate_suite_manifests() -> dict[str, Any]:
         entries = load_entries("suites")
     except BobxError as exc:
         return {"count": 0, "problems": [str(exc)]}
-    valid, problems = 0, []
+    valid, problems, catalogs = 0, [], Catalogs()
     for name, fields in entries.items():
         try:
-            expand_suite(suite_from_fields(name, fields))
+            expand_suite(suite_from_fields(name, fields, catalogs), catalogs)
             valid += 1
         except BobxError as exc:
             source = str(fields.get("_source", "<python>"))
@@ -603,15 +607,15 @@ def _extract_items(
     return items
 
 
-def expand_suite(suite: SuiteSpec | str) -> list[WorkItem]:
+def expand_suite(suite: SuiteSpec | str, catalogs: Catalogs | None = None) -> list[WorkItem]:
     """The suite's work items, each once, in an order where needs come first.
 
     Extraction items come from the grid's ``splits`` (all of a dataset's splits when
     the grid has no evaluation) and from what each evaluation reads."""
     from featcache.backbones import with_feature
 
-    spec = get_suite(suite)
-    catalogs = _Catalogs()
+    catalogs = catalogs or Catalogs()
+    spec = get_suite(suite, catalogs)
     dataset_spec = catalogs.dataset
     items: dict[str, WorkItem] = {}
 

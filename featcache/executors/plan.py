@@ -28,7 +28,7 @@ from featcache.catalog import thaw
 from featcache.errors import UnknownNameError
 from featcache.records import new_record_id
 from featcache.store import Store
-from featcache.suites import SuiteSpec, WorkItem, expand_suite, get_suite
+from featcache.suites import Catalogs, SuiteSpec, WorkItem, expand_suite, get_suite
 
 #: Where executors keep failures (one create-only object per failed attempt).
 FAILURES = "runs/failures"
@@ -351,20 +351,23 @@ def is_done(store: Store, item: WorkItem) -> bool:
     return _evaluator_done(store, item, _RecordIndex(store))
 
 
-def _backbone_problem(item: WorkItem, cache: dict[str, str | None]) -> str | None:
+def _backbone_problem(
+    item: WorkItem, catalogs: Catalogs, cache: dict[str, str | None]
+) -> str | None:
     name = str(item.options.get("backbone", item.backbone))
     if name not in cache:
-        from featcache.backbones import get_backbone_spec
-
-        spec = get_backbone_spec(name)
+        spec = catalogs.backbone(name)
         cache[name] = None if spec.available else f"{spec.name}: {spec.unavailable_reason}"
     return cache[name]
 
 
-def item_states(store: Store, items: Sequence[WorkItem]) -> list[ItemState]:
+def item_states(
+    store: Store, items: Sequence[WorkItem], catalogs: Catalogs | None = None
+) -> list[ItemState]:
     """The state of each item in ``store`` (see the module doc), in the items' order."""
     from featcache.leases import list_leases
 
+    catalogs = catalogs or Catalogs()
     index = _RecordIndex(store)
     leases = {info.key: info for info in list_leases(store) if info.active()}
     failures = read_failures(store)
@@ -375,7 +378,7 @@ def item_states(store: Store, items: Sequence[WorkItem]) -> list[ItemState]:
         failed = failures.get(item.id, [])
         problem = None
         if item.kind in ("extract", "job"):
-            problem = _backbone_problem(item, backbones)
+            problem = _backbone_problem(item, catalogs, backbones)
         if item.kind == "job" and problem is None:
             problem = job_problem(str(item.options["job"]))
         blocked = [n for n in item.needs if n in out and out[n].state in ("unavailable", "blocked")]
@@ -414,8 +417,10 @@ def _lease_text(info: Mapping[str, Any]) -> str:
 
 def plan_suite(store: Store, suite: SuiteSpec | str) -> Plan:
     """The work items of ``suite`` with their state in ``store`` (``bobx plan``)."""
-    spec = get_suite(suite)
-    return Plan(spec.name, store.url, tuple(item_states(store, expand_suite(spec))))
+    catalogs = Catalogs()
+    spec = get_suite(suite, catalogs)
+    items = expand_suite(spec, catalogs)
+    return Plan(spec.name, store.url, tuple(item_states(store, items, catalogs)))
 
 
 # --------------------------------------------------------------------------- status
