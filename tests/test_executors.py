@@ -481,3 +481,30 @@ def test_submitit_preempted_job_requeues_and_resumes(slow_reference, tmp_path: P
     assert report.attempts["extract/e2e_slow/digits/test"] == 1  # requeued by submitit itself
     (log,) = (tmp_path / "submitit").glob("*_0_log.out")
     assert "Requeued job" in log.read_text()
+
+
+# ----------------------------------------------------------------------------- gpu
+def _has_cuda() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif("not _has_cuda()", reason="needs a CUDA GPU")
+@pytest.mark.parametrize("executor", ["local", "slurm"])
+def test_gpu_workers_extract_on_their_device(executor, slow_reference, tmp_path) -> None:
+    """One worker per GPU (a local process, or a submitit job with a GPU): the set is
+    extracted on the GPU the worker was given and matches the CPU features."""
+    import torch
+
+    if executor == "slurm":
+        pytest.importorskip("submitit")
+    store = featcache.open_store(str(tmp_path / "store"))
+    slurm = {"folder": tmp_path / "submitit", "cluster": "local", "timeout_min": 10}
+    _, report = run_suite(store, "slow", executor=executor, gpus=1, slurm=slurm)
+    assert report is not None and report.ok, report.to_dict()
+    (speed,) = _speed_records(store, "e2e_slow", "test")
+    assert speed["device"] == "cuda" and speed["device_name"] == torch.cuda.get_device_name(0)
+    gpu = store.features(*SLOW_SET).embeddings()
+    np.testing.assert_allclose(gpu, slow_reference.astype(np.float32), rtol=2e-2, atol=2e-2)
