@@ -26,6 +26,7 @@ from typing import Any
 from featcache import provenance
 from featcache.catalog import thaw
 from featcache.errors import UnknownNameError
+from featcache.executors.items import job_problem
 from featcache.records import new_record_id
 from featcache.store import Store
 from featcache.suites import Catalogs, SuiteSpec, WorkItem, expand_suite, get_suite
@@ -287,15 +288,6 @@ def read_failures(store: Store, item_id: str | None = None) -> dict[str, list[di
 
 
 # --------------------------------------------------------------------------- states
-#: Each job kind's library twin (issues 11 and 12): module and function, called as
-#: ``fn(store, backbone, dataset, **suite options)``; the job layer inside it gives the
-#: runs their ids, leases, checkpoints and caching.
-JOB_RUNNERS = {
-    "finetune": ("featcache.runners.finetune", "run_finetune"),
-    "detect": ("featcache.runners.detection", "run_detection"),
-    "robustness": ("featcache.runners.robustness", "run_robustness"),
-    "speed": ("featcache.runners.speed", "run_speed"),
-}
 #: The records that show a job kind's run in the store: task and fixed params.
 _JOB_RECORDS: dict[str, tuple[str, dict[str, Any]]] = {
     "finetune": ("classification", {"protocol": "finetune"}),
@@ -305,28 +297,6 @@ _JOB_RECORDS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 #: Knobs compared with their default when the suite does not set them.
 _JOB_DEFAULT_KNOBS = {"fraction": None, "shots": None, "seed": 0}
-
-
-def job_runner(kind: str) -> Any | None:
-    """The library function that runs ``kind``, or ``None`` when this bobx lacks it."""
-    import importlib
-
-    module, name = JOB_RUNNERS[kind]
-    try:
-        return getattr(importlib.import_module(module), name, None)
-    except ImportError:
-        return None
-
-
-def job_problem(kind: str) -> str | None:
-    """Why a job kind cannot run here (``None``: it can)."""
-    if job_runner(kind) is None:
-        module, name = JOB_RUNNERS[kind]
-        return (
-            f"job kind {kind!r} is not available yet: {module}.{name} (`bobx {kind}`) is not "
-            "in this bobx; the suite keeps it planned for when it is"
-        )
-    return None
 
 
 def _job_done(item: WorkItem, index: _RecordIndex) -> bool:
@@ -477,7 +447,6 @@ def store_status(store: Store, suite: SuiteSpec | str | None = None) -> dict[str
 __all__ = [
     "FAILURES",
     "is_done",
-    "job_problem",
     "STATES",
     "ItemState",
     "Plan",
