@@ -152,6 +152,13 @@ def assert_same_store(reference: featcache.Store, store: featcache.Store) -> Non
     assert len(rows) == 2 * (4 + 3 + 3 + 11)  # knn (2 k x top1/top5), probe, calibration, retrieval
 
 
+def _failures(report: RunReport | None) -> list[tuple[str, str]]:
+    """What went wrong, for assertion messages."""
+    assert report is not None
+    bad = [(o.item, o.detail) for o in report.outcomes.values() if o.status == "failed"]
+    return bad + [(i, f"skipped: needs {n}") for i, n in report.skipped.items()]
+
+
 def _speed_records(store: featcache.Store, backbone: str, split: str) -> list[dict]:
     df = store.results(task="speed", backbone=backbone, split=split)
     return [json.loads(p) for p in df["params"]]
@@ -205,7 +212,7 @@ def _first_marker_then_kill(store: featcache.Store) -> int:
 
 
 def _assert_resumed(store: featcache.Store, slow_reference: np.ndarray, report: RunReport) -> None:
-    assert report.ok, report.to_dict()
+    assert report.ok, _failures(report)
     item = "extract/e2e_slow/digits/test"
     assert report.outcomes[item].status == "done"
     assert np.array_equal(store.features(*SLOW_SET).embeddings(dtype=None), slow_reference)
@@ -219,7 +226,7 @@ def _assert_resumed(store: featcache.Store, slow_reference: np.ndarray, report: 
 def test_local_processes_match_serial_cli_and_rerun_is_free(reference, tmp_path: Path) -> None:
     store = featcache.open_store(str(tmp_path / "store"))
     plan, report = run_suite(store, "tiny", executor="local", workers=2)
-    assert report is not None and report.ok, report.to_dict()
+    assert report is not None and report.ok, _failures(report)
     assert len(plan.todo()) == 12 and report.counts()["done"] == 12
     assert_same_store(reference, store)
     n_records = len(store.results())
@@ -355,7 +362,7 @@ def ray_cluster() -> Iterator[object]:
 def test_ray_suite_matches_serial_cli(reference, ray_cluster, tmp_path: Path) -> None:
     store = featcache.open_store(str(tmp_path / "store"))
     _, report = run_suite(store, "tiny", executor="ray", workers=2)
-    assert report is not None and report.ok, report.to_dict()
+    assert report is not None and report.ok, _failures(report)
     assert report.counts()["done"] == 12
     assert_same_store(reference, store)
     # each actor loads a backbone once, however many of its sets it extracts
@@ -445,7 +452,7 @@ def test_submitit_full_suite_matches_serial_cli(reference, tmp_path: Path) -> No
     store = featcache.open_store(str(tmp_path / "store"))
     slurm = {"folder": tmp_path / "submitit", "cluster": "local", "timeout_min": 10}
     _, report = run_suite(store, "tiny", executor="slurm", slurm=slurm)
-    assert report is not None and report.ok, report.to_dict()
+    assert report is not None and report.ok, _failures(report)
     assert_same_store(reference, store)
 
 
@@ -503,7 +510,7 @@ def test_gpu_workers_extract_on_their_device(executor, slow_reference, tmp_path)
     store = featcache.open_store(str(tmp_path / "store"))
     slurm = {"folder": tmp_path / "submitit", "cluster": "local", "timeout_min": 10}
     _, report = run_suite(store, "slow", executor=executor, gpus=1, slurm=slurm)
-    assert report is not None and report.ok, report.to_dict()
+    assert report is not None and report.ok, _failures(report)
     (speed,) = _speed_records(store, "e2e_slow", "test")
     assert speed["device"] == "cuda" and speed["device_name"] == torch.cuda.get_device_name(0)
     gpu = store.features(*SLOW_SET).embeddings()

@@ -14,11 +14,13 @@
 ``address`` connects to a running cluster (``ray start --head`` on one node, ``ray start
 --address=<head>:6379`` on the others; ``address="auto"`` on a cluster node); without
 one a local Ray instance starts here. The nodes need bobx installed and the store
-reachable (a shared path or S3).
+reachable (a shared path or S3); the driver's ``BOBX_*`` variables (suites and catalogs
+in ``$BOBX_MANIFESTS``, data roots) go to the actors with them.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import ray
@@ -40,9 +42,7 @@ class Worker:
         return run_item(item, self.store_url, self.options, models=self.models)
 
     def info(self) -> dict[str, Any]:
-        """Who this actor is and what it has loaded (the tests read it)."""
-        import os
-
+        """Who this actor is and what it has loaded."""
         return {
             "worker": worker_id(),
             "pid": os.getpid(),
@@ -52,6 +52,13 @@ class Worker:
 
 
 _RemoteWorker = ray.remote(Worker)
+
+
+def bobx_environment() -> dict[str, str]:
+    """The driver's ``BOBX_*`` variables (``$BOBX_MANIFESTS``, data roots), which the
+    actors need to see the same suites, catalogs and data; credentials are not sent
+    (the nodes use their own)."""
+    return {k: v for k, v in os.environ.items() if k.startswith("BOBX_")}
 
 
 class RayBackend:
@@ -97,6 +104,7 @@ class RayBackend:
             num_cpus=1,
             max_restarts=self.max_retries,
             max_task_retries=self.max_retries,
+            runtime_env={"env_vars": bobx_environment()},
         ).remote(self.store_url, options)
 
     # -- Backend --------------------------------------------------------------------

@@ -166,8 +166,13 @@ class _Driver:
         return self.report
 
     def _start_ready(self) -> None:
+        """Start the items whose needs are met, up to the backend's free slots.
+
+        A backbone's sets go one at a time while other backbones wait: the next one then
+        finds a worker that has the model loaded (Ray routes it there), instead of
+        several workers loading the same model at once."""
         now, free = time.time(), self.backend.free_slots()
-        batch: list[WorkItem] = []
+        ready: list[WorkItem] = []
         for item_id in list(self.pending):
             item = self.todo[item_id]
             bad = next((n for n in item.needs if n in self.unusable), None)
@@ -176,17 +181,23 @@ class _Driver:
                 self.report.skipped[item_id] = bad
                 self.unusable[item_id] = "skipped"
                 self.emit({"event": "skipped", "item": item_id, "need": bad})
-                continue
-            if self.not_before.get(item_id, 0.0) > now:
-                continue
-            if any(n in self.todo and n not in self.satisfied for n in item.needs):
-                continue
-            if len(batch) >= free:
-                continue
-            self.pending.remove(item_id)
-            self.running[item_id] = item
-            self.report.attempts[item_id] = self.report.attempts.get(item_id, 0) + 1
-            batch.append(item)
+            elif self.not_before.get(item_id, 0.0) <= now and all(
+                n not in self.todo or n in self.satisfied for n in item.needs
+            ):
+                ready.append(item)
+        loading = {i.backbone for i in self.running.values() if i.uses_accelerator}
+        first: list[WorkItem] = []
+        later: list[WorkItem] = []
+        for item in ready:
+            busy = item.uses_accelerator and item.backbone in loading
+            (later if busy else first).append(item)
+            if item.uses_accelerator:
+                loading.add(item.backbone)
+        batch = (first + later)[: max(0, free)]
+        for item in batch:
+            self.pending.remove(item.id)
+            self.running[item.id] = item
+            self.report.attempts[item.id] = self.report.attempts.get(item.id, 0) + 1
         if batch:
             self.backend.submit(batch)
             for item in batch:
