@@ -28,26 +28,18 @@ from featcache.executors.plan import plan_suite, read_failures
 from featcache.executors.scheduler import RunReport
 from featcache.leases import read_lease
 from tests.test_cli_store import bobx
+from tests.test_end_to_end import TINY  # e2e_resnet and e2e_vit: tiny random-init timm models
 
-BACKBONES = """
-e2e_resnet:
-  source: timm
-  model: resnet10t
-  resolution: 32
-  style: random
-e2e_vit:
-  source: timm
-  model: test_vit
-  model_kwargs: {img_size: 32}
-  resolution: 32
-  family: vit
-  style: random
+BACKBONES = (
+    TINY
+    + """
 e2e_slow:
   source: timm
   model: resnet10t
   resolution: 96
   style: random
 """
+)
 
 SUITES = """
 tiny:
@@ -235,6 +227,7 @@ def test_local_processes_match_serial_cli_and_rerun_is_free(reference, tmp_path:
     assert len(store.results()) == n_records
 
 
+@pytest.mark.slow  # the Ray variant runs by default
 def test_local_worker_killed_mid_extraction_is_retried(slow_reference, tmp_path: Path) -> None:
     store = featcache.open_store(str(tmp_path / "store"))
     thread, box = _in_thread(
@@ -253,20 +246,26 @@ def test_local_worker_killed_mid_extraction_is_retried(slow_reference, tmp_path:
     )
 
 
-def test_plain_extract_holding_the_lease_is_not_duplicated(slow_reference, tmp_path: Path) -> None:
-    """A suite run finds a set being extracted by a plain `bobx extract`: it waits for that
-    lease, then finds the set complete and computes nothing."""
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_plain_extract_holding_the_lease_is_not_duplicated(
+    executor, slow_reference, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A plain `bobx extract` is computing the set when a suite run starts (in this
+    process, or on Ray): the run waits for that lease, then finds the set published and
+    computes nothing."""
+    if executor == "ray":
+        request.getfixturevalue("ray_cluster")
     url = str(tmp_path / "store")
     store = featcache.open_store(url)
     plain = subprocess.Popen(
         _plain_extract(url), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
+    events: list[dict] = []
     try:
         _wait_for(lambda: read_lease(store, "extract/e2e_slow/digits/test"), what="the lease")
-        events: list[dict] = []
         _, report = run_suite(
-            store, "slow", workers=0, held_retry_s=0.3, on_event=events.append,
-            options=RunOptions(**FAST),
+            store, "slow", executor=executor, workers=0 if executor == "local" else 1,
+            held_retry_s=0.3, on_event=events.append, options=RunOptions(**FAST),
         )  # fmt: skip
     finally:
         out, err = plain.communicate(timeout=300)
@@ -274,7 +273,8 @@ def test_plain_extract_holding_the_lease_is_not_duplicated(slow_reference, tmp_p
     assert "complete (450 x 512; 15/15 chunks written" in out
     assert report is not None and report.ok
     assert report.outcomes["extract/e2e_slow/digits/test"].status == "cached"
-    assert any(e.get("status") == "held" for e in events)
+    if executor == "local":  # in this process the run starts at once: it meets the lease
+        assert any(e.get("status") == "held" for e in events)
     (speed,) = _speed_records(store, "e2e_slow", "test")  # computed once, by the plain run
     assert speed["images"] == 450
     assert np.array_equal(store.features(*SLOW_SET).embeddings(dtype=None), slow_reference)
@@ -300,25 +300,28 @@ def test_extract_waits_for_a_suite_run_holding_the_set(slow_reference, tmp_path,
     assert speed["images"] == 450
 
 
-def test_a_dead_holders_lease_expires_and_extract_takes_over(manifests, tmp_path) -> None:
+def test_a_dead_holders_lease_expires_and_extract_takes_over(manifests, tmp_path, caplog) -> None:
+    """A worker holds the set, then dies (stops heartbeating) while `extract` waits for it:
+    its lease expires and `extract` takes the set over."""
+    from featcache.extract import extract
     from featcache.leases import acquire
 
-    url = str(tmp_path / "store")
-    store = featcache.open_store(url)
+    store = featcache.open_store(str(tmp_path / "store"))
     lease = acquire(store, "extract/e2e_resnet/digits/test", ttl_s=2.0, heartbeat=False)
-    cmd = [sys.executable, "-m", "cli", "extract", "--backbone", "e2e_resnet", "--dataset",
-           "digits", "--split", "test", "--weights", "random", "--num-workers", "0",
-           "--no-progress", "--store", url]  # fmt: skip
-    plain = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    stderr: list[str] = []
-    reader = threading.Thread(target=lambda: stderr.extend(plain.stderr), daemon=True)  # type: ignore[arg-type]
-    reader.start()
-    # the holder is alive (heartbeating) until the command says it waits, then dies
-    _wait_for(lambda: lease.heartbeat() or any("waiting for it" in x for x in stderr),
-              what="the command to wait")  # fmt: skip
-    out = plain.stdout.read()  # type: ignore[union-attr]
-    assert plain.wait(timeout=300) == 0, stderr
-    assert "complete (450 x 512; 1/1 chunks written" in out
+
+    def holder() -> None:  # alive until extract says it waits, then gone
+        while "waiting for it" not in caplog.text:
+            lease.heartbeat()
+            time.sleep(0.1)
+
+    beats = threading.Thread(target=holder, daemon=True)
+    with caplog.at_level("WARNING", logger="featcache.extract"):
+        beats.start()
+        (result,) = extract(store, "e2e_resnet", "digits", splits=["test"], weights="random",
+                            num_workers=0, progress=False)  # fmt: skip
+    beats.join(5)
+    assert "is held by" in caplog.text and result.status == "complete"
+    assert result.chunks_written == result.chunks_total == 1
     info = read_lease(store, "extract/e2e_resnet/digits/test")
     assert info is not None and info.generation == 2 and info.released
 
@@ -389,26 +392,6 @@ def test_ray_worker_killed_mid_task_is_retried(slow_reference, ray_cluster, tmp_
     _, report = box["value"]
     _assert_resumed(store, slow_reference, report)
     assert int(report.outcomes["extract/e2e_slow/digits/test"].worker.split(":")[1]) != killed
-
-
-def test_ray_and_a_plain_extract_do_not_duplicate(slow_reference, ray_cluster, tmp_path) -> None:
-    """A plain `bobx extract` is computing the set when the Ray run starts: Ray waits for
-    its lease (or finds the set published) and computes nothing."""
-    url = str(tmp_path / "store")
-    store = featcache.open_store(url)
-    plain = subprocess.Popen(
-        _plain_extract(url), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        _wait_for(lambda: read_lease(store, "extract/e2e_slow/digits/test"), what="the lease")
-        _, report = run_suite(store, "slow", executor="ray", workers=1, held_retry_s=0.3)
-    finally:
-        out, err = plain.communicate(timeout=300)
-    assert plain.returncode == 0, err
-    assert report is not None and report.ok
-    assert report.outcomes["extract/e2e_slow/digits/test"].status == "cached"
-    (speed,) = _speed_records(store, "e2e_slow", "test")  # computed once, by the plain run
-    assert speed["images"] == 450
 
 
 def test_without_ray_the_error_names_the_extra(manifests, tmp_path: Path) -> None:

@@ -16,14 +16,7 @@ from featcache.errors import ManifestError, UnknownNameError
 from featcache.executors.plan import plan_suite, record_failure, store_status
 from featcache.leases import acquire, lease_key
 from featcache.suites import WorkItem, expand_suite, get_suite, list_suites, suite_from_fields
-
-TINY = """
-e2e_resnet:
-  source: timm
-  model: resnet10t
-  resolution: 32
-  style: random
-"""
+from tests.test_end_to_end import TINY  # the tiny random-init timm backbones
 
 SUITE = """
 mini:
