@@ -773,6 +773,224 @@ def correlate_cmd(
     typer.echo(out["metadata"].to_string(index=False, float_format="%.3f"))
 
 
+# --------------------------------------------------------------------------- jobs
+def _floats(text: str | None, option: str) -> float | list[float] | None:
+    """``1e-3`` -> 1e-3; ``1e-3,5e-4`` -> a list (the field is swept)."""
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"expected numbers, got {text!r}", param_hint=option) from None
+    if not values:
+        raise typer.BadParameter(f"expected numbers, got {text!r}", param_hint=option)
+    return values[0] if len(values) == 1 else values
+
+
+def _print_points(outcomes: list[Any], selected: str, metric: str) -> None:
+    from rich.table import Table
+
+    table = Table("run", "grid point", "status", metric, "test top1", "selected")
+    for out in outcomes:
+        m = out.metrics
+        table.add_row(
+            out.run_id,
+            out.job.label or "-",
+            out.status + (f" (resumed at update {out.resumed_from})" if out.resumed_from else ""),
+            f"{m.get(metric, float('nan')):.4f}",
+            f"{m.get('top1', m.get('macro_auc', float('nan'))):.4f}",
+            "*" if out.run_id == selected else "",
+        )
+    _console().print(table)
+
+
+@app.command("finetune")
+def finetune_cmd(
+    backbone: Annotated[str, typer.Option(help="Catalog backbone (see `bobx backbones`).")],
+    dataset: Annotated[str, typer.Option(help="Dataset (see `bobx datasets`).")],
+    fraction: Annotated[
+        float | None, typer.Option(help="Low-shot: the probe's stratified fraction (0.01, 0.1).")
+    ] = None,
+    shots: Annotated[int | None, typer.Option(help="Few-shot: images per class.")] = None,
+    recipe: Annotated[
+        str | None,
+        typer.Option(help="bob, bob_lowshot, quick or yours (default: bob; bob_lowshot low-shot)."),
+    ] = None,
+    lr: Annotated[
+        str | None, typer.Option(help="Learning rate; comma-separated values sweep it.")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="Override the recipe's epochs.")] = None,
+    batch_size: Annotated[
+        int, typer.Option(help="Images per forward; the recipe's batch is reached by accumulation.")
+    ] = 64,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override any recipe field: key=value (repeatable)."),
+    ] = None,
+    weights: Annotated[
+        str, typer.Option(help="pretrained, random, or a .safetensors/.pt checkpoint PATH.")
+    ] = "pretrained",
+    data_root: Annotated[Path | None, typer.Option(help="Directory of the dataset.")] = None,
+    train_split: Annotated[str, typer.Option(help="Training split.")] = "train",
+    test_split: Annotated[
+        str | None, typer.Option(help="Test split (default: test, else val).")
+    ] = None,
+    val_split: Annotated[
+        str | None, typer.Option(help="Official val split (default: val if any, else a holdout).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seeds the holdout, subsets, head and training.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:i].")] = "auto",
+    precision: Annotated[str, typer.Option(help="fp32, bf16 or fp16 (autocast).")] = "fp32",
+    num_workers: Annotated[int | None, typer.Option(help="Decode workers (0: in process).")] = None,
+    checkpoint_every: Annotated[
+        int | None, typer.Option(help="Also checkpoint every N updates (always every epoch).")
+    ] = None,
+    deterministic: Annotated[
+        bool, typer.Option(help="Deterministic kernels on GPU (slower).")
+    ] = False,
+    overwrite: Annotated[bool, typer.Option(help="Rerun a finished job.")] = False,
+    wait: Annotated[bool, typer.Option(help="Wait for a job another process holds.")] = False,
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Fine-tune a backbone end to end with a new head (BoB's protocol; resumable, leased)."""
+    from featcache.jobs.recipes import overrides_from
+    from featcache.runners.finetune import run_finetune
+
+    if fraction is not None and shots is not None:
+        raise typer.BadParameter("pass --fraction or --shots, not both")
+    result = run_finetune(
+        _store(store),
+        backbone,
+        dataset,
+        recipe=recipe,
+        fraction=fraction,
+        shots=shots,
+        seed=seed,
+        overrides=overrides_from(set_, lr=_floats(lr, "--lr"), epochs=epochs),
+        weights=weights,
+        data_root=data_root,
+        train_split=train_split,
+        test_split=test_split,
+        val_split=val_split,
+        device=device,
+        precision=precision,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        overwrite=overwrite,
+        wait=wait,
+        checkpoint_every_steps=checkpoint_every,
+        deterministic=deterministic,
+    )
+    if not as_json:
+        sweep = result.sweep
+        _print_points(sweep.points, sweep.selected, result.select_metric)
+        if result.status == "cached":
+            typer.echo(
+                f"already finished ({result.recipe}); the stored result (--overwrite reruns):"
+            )
+    _print_records(result.records, as_json)
+
+
+@app.command("robustness")
+def robustness_cmd(
+    backbone: Annotated[str, typer.Option(help="Catalog backbone (see `bobx backbones`).")],
+    dataset: Annotated[str, typer.Option(help="Dataset whose test split is attacked.")],
+    head: Annotated[
+        str, typer.Option(help="probe (the stored `bobx probe`) or finetune (`bobx finetune`).")
+    ] = "probe",
+    run: Annotated[
+        str | None,
+        typer.Option(help="Probe run (full, frac0.1-seed0, ...) or fine-tune run id."),
+    ] = None,
+    eps: Annotated[str, typer.Option(help="l-inf radii in [0, 1] pixels, comma-separated.")] = (
+        "1/255,2/255"
+    ),
+    steps: Annotated[int, typer.Option(help="PGD steps.")] = 20,
+    step_size: Annotated[str, typer.Option(help="eps/5 (BoB), eps*k or an absolute size.")] = (
+        "eps/5"
+    ),
+    random_start: Annotated[
+        bool, typer.Option(help="Start at a uniform random point of the ball.")
+    ] = False,
+    limit: Annotated[
+        int | None, typer.Option(help="Attack a seeded random subset of N test images.")
+    ] = None,
+    weights: Annotated[
+        str, typer.Option(help="The weights the probe's features were extracted with.")
+    ] = "pretrained",
+    data_root: Annotated[Path | None, typer.Option(help="Directory of the dataset.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per attack batch.")] = 64,
+    seed: Annotated[int, typer.Option(help="Seeds the subset and random starts.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:i].")] = "auto",
+    precision: Annotated[str, typer.Option(help="fp32 (default), bf16 or fp16.")] = "fp32",
+    num_workers: Annotated[int | None, typer.Option(help="Decode workers (0: in process).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Rerun a finished attack.")] = False,
+    wait: Annotated[bool, typer.Option(help="Wait for an attack another process holds.")] = False,
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Top-1 under untargeted l-inf PGD, BoB's Table 19 (clean accuracy as eps 0)."""
+    from featcache.runners.robustness import run_robustness
+
+    result = run_robustness(
+        _store(store),
+        backbone,
+        dataset,
+        head=head,
+        run=run,
+        eps=[e.strip() for e in eps.split(",") if e.strip()],
+        steps=steps,
+        step_size=step_size,
+        random_start=random_start,
+        limit=limit,
+        weights=weights,
+        data_root=data_root,
+        device=device,
+        precision=precision,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        seed=seed,
+        overwrite=overwrite,
+        wait=wait,
+    )
+    if result.status == "cached" and not as_json:
+        typer.echo("already attacked; the stored result (--overwrite reruns):")
+    _print_records(result.records, as_json)
+
+
+@app.command("speed")
+def speed_cmd(
+    backbone: Annotated[list[str], typer.Option(help="Catalog backbone (repeatable).")],
+    batch_size: Annotated[str, typer.Option(help="Batch sizes, comma-separated.")] = "1,32,256",
+    precision: Annotated[str, typer.Option(help="fp32, bf16 or fp16 (autocast).")] = "fp32",
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:i].")] = "auto",
+    resolution: Annotated[
+        int | None, typer.Option(help="Input size (default: the backbone's).")
+    ] = None,
+    weights: Annotated[
+        str, typer.Option(help="random (default: speed does not depend on them) or pretrained.")
+    ] = "random",
+    repeats: Annotated[int, typer.Option(help="Timed runs per batch size (median).")] = 5,
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Throughput, batch-1 latency, peak memory, GFLOPs and parameters of backbones."""
+    from featcache.runners.speed import run_speed
+
+    records = run_speed(
+        _store(store),
+        backbone,
+        batch_sizes=_int_list(batch_size, "--batch-size"),
+        device=device,
+        precision=precision,
+        resolution=resolution,
+        weights=weights,
+        repeats=repeats,
+    )
+    _print_records(records, as_json)
+
+
 # --------------------------------------------------------------------------- catalog, extraction
 class Precision(StrEnum):
     fp32 = "fp32"

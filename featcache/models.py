@@ -453,15 +453,22 @@ def _open_clip_kwargs(spec: BackboneSpec) -> dict[str, Any]:
     return kwargs
 
 
-def _build(spec: BackboneSpec, *, pretrained: bool, device: str = "cpu") -> tuple[nn.Module, Any]:
+def _build(
+    spec: BackboneSpec,
+    *,
+    pretrained: bool,
+    device: str = "cpu",
+    extra_kwargs: Mapping[str, Any] | None = None,
+) -> tuple[nn.Module, Any]:
     """``(net, transform)``: the timm model (num_classes=0) or open_clip visual tower, and
-    the library's own inference transform (PIL image -> normalised float tensor)."""
+    the library's own inference transform (PIL image -> normalised float tensor).
+    ``extra_kwargs`` go to timm's ``create_model`` (e.g. ``drop_path_rate``)."""
     if spec.source in ("timm", "checkpoint"):
         import timm
         from timm.data import create_transform, resolve_model_data_config
 
         name = spec.library_name if spec.source == "timm" else spec.model
-        kwargs = _timm_kwargs(spec)
+        kwargs = {**_timm_kwargs(spec), **dict(extra_kwargs or {})}
         if spec.hf_hub_id and pretrained:
             kwargs["pretrained_cfg_overlay"] = {"hf_hub_id": spec.hf_hub_id}
         with _quiet(), torch.device(device):
@@ -682,19 +689,30 @@ def _transform_repr(transform: Any) -> str:
     return " ".join(repr(transform).split())
 
 
-def load_backbone(plan: BackbonePlan, *, device: str | torch.device = "cpu") -> FeatureExtractor:
-    """Build ``plan``'s network with its weights, in eval mode on ``device``."""
+def load_network(plan: BackbonePlan, *, model_kwargs: Mapping[str, Any] | None = None) -> nn.Module:
+    """``plan``'s network with its weights, on the CPU, trainable: the timm model
+    (``num_classes=0``; ``model_kwargs`` such as ``drop_path_rate`` go to timm's
+    ``create_model``) or the open_clip visual tower (``model_kwargs`` must be empty)."""
     spec, ref = plan.spec, plan.weights
+    extra = dict(model_kwargs or {})
+    if extra and spec.source == "open_clip":
+        raise UnavailableError(
+            f"open_clip backbone {spec.name!r} takes no model options ({', '.join(extra)})."
+        )
+
+    def build(pretrained: bool) -> nn.Module:
+        return _build(spec, pretrained=pretrained, extra_kwargs=extra)[0]
+
     if ref.kind == "random":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(ref.seed or 0))
-            net, _ = _build(spec, pretrained=False)
+            net = build(False)
     elif ref.kind == "file":
-        net, _ = _build(spec, pretrained=False)
+        net = build(False)
         load_weights_file(net, spec, str(ref.path))
     elif spec.source == "checkpoint":
         path = fetch_checkpoint(spec)
-        net, _ = _build(spec, pretrained=False)
+        net = build(False)
         load_state_into(
             net,
             convert_state_dict(read_state_dict(path), spec.key_map, net),
@@ -703,15 +721,21 @@ def load_backbone(plan: BackbonePlan, *, device: str | torch.device = "cpu") -> 
     else:
         try:
             with _hub_cache_only_if_unreachable():
-                net, _ = _build(spec, pretrained=True)
+                net = build(True)
         except OSError as exc:  # HF hub misses, URLError, requests errors are all OSErrors
             raise _network_error(spec, exc) from exc
         except RuntimeError as exc:
             if re.search(r"connect|offline|download|resolve", str(exc), re.I):
                 raise _network_error(spec, exc) from exc
             raise
+    return net
+
+
+def load_backbone(plan: BackbonePlan, *, device: str | torch.device = "cpu") -> FeatureExtractor:
+    """Build ``plan``'s network with its weights, in eval mode on ``device``."""
+    net = load_network(plan)
     net.eval().requires_grad_(False)
-    extractor = FeatureExtractor(net, spec, plan.feature, plan.mean, plan.std)
+    extractor = FeatureExtractor(net, plan.spec, plan.feature, plan.mean, plan.std)
     extractor.eval()
     dev = torch.device(device)
     if dev.type == "cuda":
@@ -736,6 +760,7 @@ __all__ = [
     "count_parameters",
     "fetch_checkpoint",
     "load_backbone",
+    "load_network",
     "load_state_into",
     "load_weights_file",
     "offline",

@@ -163,6 +163,7 @@ def test_a_held_job_names_its_holder_or_is_waited_for(mem):
     assert out.status == "done"
 
 
+@pytest.mark.slow  # the CLI fine-tune test runs the same contention through bobx
 def test_two_processes_on_one_job_one_runs_the_other_names_it(tmp_path):
     url = str(tmp_path / "store")
     env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
