@@ -33,7 +33,7 @@ plain data; the functions that execute them live in :mod:`featcache.executors.it
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -44,8 +44,11 @@ from featcache.names import validate_name
 
 #: Evaluations on cached features, in the order their items are listed.
 EVALUATIONS = ("knn", "probe", "calibrate", "retrieve")
-#: Heavy jobs (issues 11 and 12): planned through the job layer when it is installed.
+#: Heavy jobs (issues 11 and 12): run through their commands' library twins.
 JOB_KINDS = ("finetune", "detect", "robustness", "speed")
+#: Jobs that run once per backbone, and the dataset name their records carry
+#: (``featcache.runners.speed.DATASET``: speed is timed on synthetic inputs).
+BACKBONE_JOBS = {"speed": "synthetic"}
 #: Options of ``extract:`` (keyword arguments of :func:`featcache.extract.extract`).
 EXTRACT_OPTIONS = (
     "weights",
@@ -653,8 +656,7 @@ def expand_suite(suite: SuiteSpec | str, catalogs: Catalogs | None = None) -> li
                 explicit = grid.splits.get(dataset, () if grid.evaluate else dspec.splits)
                 needs(*((dataset, split) for split in explicit))
                 _evaluation_items(grid, dspec, store_name, needs, add, dataset_spec)
-                for kind, options in grid.jobs.items():
-                    add(_job_item(kind, store_name, catalog_name, dataset, options))
+                _job_items(grid, store_name, catalog_name, dataset, add, items)
     return _ordered(items)
 
 
@@ -762,22 +764,46 @@ def _evaluation_items(
         )
 
 
-def _job_item(
-    kind: str, backbone: str, catalog_name: str, dataset: str, options: Mapping[str, Any]
-) -> WorkItem:
-    """A heavy job; its variant names the recipe (or a digest of the options)."""
-    opts = thaw(options)
-    recipe = opts.get("recipe")
-    variant = str(recipe) if isinstance(recipe, str) else "default"
-    if opts and set(opts) != {"recipe"}:
-        variant += "-" + provenance.digest(opts)[:8]
-    return WorkItem(
-        "job",
-        backbone,
-        dataset,
-        f"{kind}.{variant}",
-        {"job": kind, "backbone": catalog_name, "dataset": dataset, **opts},
-    )
+def _job_items(
+    grid: Grid,
+    backbone: str,
+    catalog_name: str,
+    dataset: str,
+    add: Any,
+    planned: Mapping[str, WorkItem],
+) -> None:
+    """The grid's jobs on one (backbone, dataset); a job's variant names its recipe (or a
+    digest of its options). Jobs use the grid's extraction weights unless they name their
+    own; ``speed`` runs once per backbone (on synthetic inputs, whatever the dataset); a
+    robustness job needs the probe run (or fine-tuning) whose head it attacks."""
+    jobs: dict[str, WorkItem] = {}
+    for kind, options in grid.jobs.items():
+        opts = thaw(options)
+        recipe = opts.get("recipe")
+        variant = str(recipe) if isinstance(recipe, str) else "default"
+        if opts and set(opts) != {"recipe"}:
+            variant += "-" + provenance.digest(opts)[:8]
+        if "weights" in grid.extract and "weights" not in opts:
+            opts["weights"] = grid.extract["weights"]
+        ds = BACKBONE_JOBS.get(kind, dataset)
+        jobs[kind] = WorkItem(
+            "job",
+            backbone,
+            ds,
+            f"{kind}.{variant}",
+            {"job": kind, "backbone": catalog_name, **opts},
+        )
+    robustness = jobs.get("robustness")
+    if robustness is not None:
+        head = robustness.options.get("head", "probe")
+        if head == "probe":
+            wanted = f"probe/{backbone}/{dataset}/{robustness.options.get('run') or 'full'}"
+            needs = (wanted,) if wanted in planned else ()
+        else:
+            needs = (jobs["finetune"].id,) if "finetune" in jobs else ()
+        jobs["robustness"] = replace(robustness, needs=needs)
+    for item in jobs.values():
+        add(item)
 
 
 def _ordered(items: Mapping[str, WorkItem]) -> list[WorkItem]:

@@ -65,6 +65,16 @@ knn_only:
     - datasets: [digits]
       evaluate:
         knn: {k: [10, 20]}
+jobs:
+  backbones: [e2e_resnet]
+  extract: {weights: random, limit: 300}
+  grids:
+    - datasets: [digits]
+      evaluate:
+        probe: {shots: [5]}
+      jobs:
+        robustness: {run: shots5-seed0, eps: ["2/255"], steps: 2, limit: 40}
+        speed: {batch_sizes: [2], resolution: 32, repeats: 1, latency_runs: 3}
 broken:
   backbones: [e2e_resnet]
   extract: {weights: random}
@@ -342,6 +352,24 @@ def test_failures_are_kept_and_dependents_skipped(manifests, tmp_path: Path) -> 
     )
     status = json.loads(bobx("status", "--json", store=url).stdout)
     assert sorted(f["id"] for f in status["failures"]) == sets
+
+
+def test_jobs_run_through_the_job_layer_after_their_needs(manifests, tmp_path: Path) -> None:
+    """A robustness job attacks the probe the suite stored first; speed runs per backbone."""
+    store = featcache.open_store(str(tmp_path / "store"))
+    plan, report = run_suite(store, "jobs", workers=0)
+    assert report is not None and report.ok, _failures(report)
+    order = list(report.outcomes)  # in the order they finished
+    (robust,) = [i for i in plan.items if i.variant.startswith("robustness.")]
+    assert robust.needs == ("probe/e2e_resnet/digits/shots5-seed0",)
+    assert order.index(robust.needs[0]) < order.index(robust.id)
+    assert "job/e2e_resnet/synthetic/speed.default-" in " ".join(order)
+    rob = store.results(task="robustness", backbone="e2e_resnet")
+    assert sorted(json.loads(p)["eps"] for p in rob["params"]) == ["0", "2/255"]
+    speed = store.results(task="speed", dataset="synthetic")
+    assert set(speed["metric"]) >= {"images_per_s", "latency_p50_ms", "gflops"}
+    plan, report = run_suite(store, "jobs", workers=0)  # everything is in the store now
+    assert not plan.todo() and report is not None and report.counts() == {"already_done": 5}
 
 
 def test_memory_store_needs_in_process_workers() -> None:

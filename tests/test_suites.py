@@ -31,7 +31,8 @@ mini:
         calibrate: {runs: [full]}
         retrieve: {}
       jobs:
-        finetune: {recipe: bob_finetune}
+        finetune: {recipe: quick}
+        detect: {}
 """
 
 
@@ -113,8 +114,13 @@ def test_expansion_needs_come_first_and_name_the_right_splits() -> None:
     )
     # chexpert's evaluation split is named in the suite (it has no test split)
     assert by_id[f"probe/{bb}/chexpert/full"].options["test_split"] == "valid"
-    jobs = [i for i in items if i.kind == "job"]
-    assert {i.variant for i in jobs} >= {"finetune.default", "robustness.default", "speed.default"}
+    # jobs: robustness attacks the stored probe; speed runs once per backbone
+    robust = by_id[f"job/{bb}/imagenet/robustness.default"]
+    assert robust.needs == (f"probe/{bb}/imagenet/full",)
+    assert [i.id for i in items if i.variant == "speed.default" and i.backbone == bb] == [
+        f"job/{bb}/synthetic/speed.default"
+    ]
+    assert f"job/{bb}/cifar100/finetune.default" in by_id
 
 
 def test_user_suite_with_seeds_shards_and_a_layer(manifests) -> None:
@@ -135,8 +141,8 @@ sharded:
     assert [i for i in items if i.startswith("calibrate/")] == [
         "calibrate/e2e_resnet/digits/full-b15"
     ]
-    job = items["job/e2e_resnet/digits/finetune.bob_finetune"]
-    assert job.options["recipe"] == "bob_finetune"
+    job = items["job/e2e_resnet/digits/finetune.quick"]
+    assert job.options["recipe"] == "quick" and job.options["weights"] == "random"
     sharded = expand_suite("sharded")
     assert [i.id for i in sharded] == [
         f"extract/e2e_resnet@block-1/digits/all.shard-{k}-of-3" for k in range(3)
@@ -234,8 +240,9 @@ def test_plan_states_come_from_the_store_alone(manifests, tmp_path: Path) -> Non
     plan = plan_suite(store, "mini")
     counts = plan.counts()
     assert counts["todo"] == len(plan.states) - 1 and counts["unavailable"] == 1
-    (job,) = [s for s in plan.states if s.item.kind == "job"]
-    assert "not available yet" in job.detail and "featcache.runners.finetune" in job.detail
+    (detect,) = [s for s in plan.states if s.state == "unavailable"]
+    assert detect.item.id == "job/e2e_resnet/digits/detect.default"
+    assert "not available yet" in detect.detail and "featcache.runners.detection" in detect.detail
 
     _import(store, "e2e_resnet", "train", 300)  # the train set: done
     writer = store.create_features(  # the test set: 1 of 2 chunks written
@@ -304,6 +311,6 @@ def test_cli_plan_status_dry_run(manifests, tmp_path: Path) -> None:
     out = _cli("status", "--store", store, "--json")
     assert json.loads(out.stdout)["counts"] == {"done": 0, "partial": 0, "leased": 0, "failed": 0}
     out = _cli("run", "mini", "--dry-run", "--store", store)
-    assert out.returncode == 0 and "would run 9 of 10" in out.stdout
+    assert out.returncode == 0 and "would run 10 of 11" in out.stdout
     out = _cli("plan", "nosuch", "--store", store)
     assert out.returncode == 2 and out.stderr.startswith("error: Unknown suite 'nosuch'")

@@ -220,19 +220,24 @@ def job_problem(kind: str) -> str | None:
 
 
 def _job(st: Store, item: WorkItem, opts: RunOptions) -> tuple[str, str, int]:
-    """A heavy job through its runner (the job layer leases, checkpoints and caches it)."""
+    """A heavy job through its command's library twin (the job layer inside leases,
+    checkpoints and caches it); ``speed`` takes a list of backbones and no dataset."""
     import inspect
 
-    options = thaw(item.options)
-    kind = options.pop("job")
+    from featcache.suites import BACKBONE_JOBS
+
+    kwargs = thaw(item.options)
+    kind, backbone = kwargs.pop("job"), kwargs.pop("backbone")
     run = runner(kind)
     if run is None:
         return "unavailable", str(job_problem(kind)), 0
     accepted = inspect.signature(run).parameters
     runtime = {"device": opts.device, "wait": False, "lease_ttl_s": opts.lease_ttl_s}
-    kwargs = {**{k: v for k, v in runtime.items() if k in accepted}, **options}
-    backbone, dataset = kwargs.pop("backbone"), kwargs.pop("dataset")
-    result = run(st, backbone, dataset, **kwargs)
+    kwargs = {**{k: v for k, v in runtime.items() if k in accepted}, **kwargs}
+    if kind in BACKBONE_JOBS:
+        result = run(st, [backbone], **kwargs)
+    else:
+        result = run(st, backbone, item.dataset, **kwargs)
     records = result if isinstance(result, list) else getattr(result, "records", [])
     return "done", f"{len(records)} record(s)", len(records)
 

@@ -300,16 +300,22 @@ _JOB_DEFAULT_KNOBS = {"fraction": None, "shots": None, "seed": 0}
 
 
 def _job_done(item: WorkItem, index: _RecordIndex) -> bool:
-    """A record of the job's task with the suite's knobs (the job layer itself skips a run
-    whose id is done, so a run this misses costs no training)."""
+    """A record of the job's task whose params agree with the suite's knobs (those the
+    record carries; fraction / shots / seed of a fine-tuning run at their defaults when
+    the suite sets none). The job layer itself also skips a run whose id is done, so a
+    run this misses costs no training."""
     options = thaw(item.options)
     kind = options.pop("job")
     task, fixed = _JOB_RECORDS[kind]
-    knobs = {k: v for k, v in options.items() if k not in ("backbone", "dataset")}
-    knobs = {**(_JOB_DEFAULT_KNOBS if kind == "finetune" else {}), **knobs, **fixed}
+    knobs = {k: v for k, v in options.items() if k not in ("backbone", "weights")}
+    knobs = {**(_JOB_DEFAULT_KNOBS if kind == "finetune" else {}), **knobs}
     plain = {k: v for k, v in knobs.items() if v is None or isinstance(v, str | int | float)}
-    rows = index.rows.get((task, item.backbone, item.dataset), ())
-    return any(all(p.get(k) == v for k, v in plain.items()) for _, _, p in rows)
+    for _, _, params in index.rows.get((task, item.backbone, item.dataset), ()):
+        if all(params.get(k) == v for k, v in fixed.items()) and all(
+            params[k] == v for k, v in plain.items() if k in params
+        ):
+            return True
+    return False
 
 
 def is_done(store: Store, item: WorkItem) -> bool:
