@@ -548,6 +548,10 @@ def run_cmd(
     ] = None,
     dry_run: Annotated[bool, typer.Option(help="Show what would run; run nothing.")] = False,
     device: Annotated[str, typer.Option(help="Extraction device in the workers.")] = "auto",
+    num_workers: Annotated[
+        int | None,
+        typer.Option(help="Decode workers per extraction (default: the worker's share of cores)."),
+    ] = None,
     max_retries: Annotated[int, typer.Option(help="Retries of a failed item.")] = 2,
     lease_ttl: Annotated[
         float, typer.Option(help="Seconds before a dead worker's lease expires.")
@@ -584,7 +588,7 @@ def run_cmd(
             workers=workers,
             address=address,
             dry_run=dry_run,
-            options=RunOptions(device=device, lease_ttl_s=lease_ttl),
+            options=RunOptions(device=device, num_workers=num_workers, lease_ttl_s=lease_ttl),
             max_retries=max_retries,
             slurm=slurm,
             on_event=on_event,

@@ -44,7 +44,9 @@ class RunOptions:
     """Knobs of a run that are not part of any item (they change no stored number)."""
 
     device: str = "auto"  # extraction device inside the worker
-    num_workers: int = 0  # DataLoader decode workers per extraction (0: in the worker)
+    # DataLoader decode workers per extraction (0: in the worker); None: the executor's
+    # share of the cores (local: cores // workers - 1; Ray GPU actors: CPUs per GPU - 1)
+    num_workers: int | None = None
     lease_ttl_s: float = 60.0  # a dead worker's lease expires after this
 
 

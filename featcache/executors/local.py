@@ -15,6 +15,7 @@ import multiprocessing
 import os
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import replace
 from typing import Any
 
 from featcache.errors import BobxError
@@ -44,6 +45,10 @@ def _visible_gpus(count: int) -> list[str]:
     return ids[:count]
 
 
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def _init_worker(slots: Any, gpu_ids: list[str], threads: int) -> None:
     """Runs first in each spawned worker: claim a slot, pin its GPU, size its threads."""
     slot = int(slots.get())
@@ -67,7 +72,9 @@ class LocalBackend:
         self.size = gpus or workers
         self.gpu_ids = _visible_gpus(gpus) if gpus else []
         if gpus and options.device == "auto":
-            self.options = RunOptions(**{**options.__dict__, "device": "cuda"})
+            self.options = replace(self.options, device="cuda")
+        if self.size and options.num_workers is None:  # each worker its share of the cores
+            self.options = replace(self.options, num_workers=max(0, _cores() // self.size - 1))
         if self.size:
             check_shared_store(store_url, "local")
         self._pool: ProcessPoolExecutor | None = None
@@ -123,8 +130,7 @@ class LocalBackend:
             slots = ctx.Queue()
             for i in range(self.size):
                 slots.put(i)
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
-            threads = max(1, cores // self.size)
+            threads = max(1, _cores() // self.size)
             self._pool = ProcessPoolExecutor(
                 max_workers=self.size,
                 mp_context=ctx,

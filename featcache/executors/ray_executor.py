@@ -21,6 +21,7 @@ in ``$BOBX_MANIFESTS``, data roots) go to the actors with them.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import Any
 
 import ray
@@ -81,13 +82,20 @@ class RayBackend:
         self._owns_ray = not ray.is_initialized()
         if self._owns_ray:
             ray.init(address=address, **(init_kwargs or {}))
-        cpus = int(ray.cluster_resources().get("CPU", 1))
+        cpus = int(ray.cluster_resources().get("CPU", 1))  # the whole cluster's
         n_cpu = workers if workers is not None else (0 if gpus else max(1, cpus))
         if gpus + n_cpu < 1:
             raise BobxError("The ray executor needs --gpus N or --workers N >= 1.")
         self.store_url, self.max_retries = store_url, max_retries
-        gpu_options = RunOptions(**{**options.__dict__, "device": "cuda"})
-        cpu_options = RunOptions(**{**options.__dict__, "device": "cpu"}) if gpus else options
+        resources = ray.cluster_resources()
+        decode = options.num_workers
+        per_gpu = max(0, int(resources.get("CPU", 1) // max(1, resources.get("GPU", 1))) - 1)
+        gpu_options = replace(
+            options, device="cuda", num_workers=per_gpu if decode is None else decode
+        )
+        cpu_options = replace(
+            options, device="cpu" if gpus else options.device, num_workers=decode or 0
+        )
         self.actors: list[Any] = []
         self.gpu: list[bool] = []
         for kind_gpu, count, opts in ((True, gpus, gpu_options), (False, n_cpu, cpu_options)):

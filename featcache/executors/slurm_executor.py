@@ -16,6 +16,7 @@ executor (the tests do), ``cluster="debug"`` in this process.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +90,7 @@ class SlurmBackend:
             gpus = self.gpus if accelerated else 0
             options = self.options
             if gpus and options.device == "auto":
-                options = RunOptions(**{**options.__dict__, "device": "cuda"})
+                options = replace(options, device="cuda")
             self.executor.update_parameters(gpus_per_node=min(gpus, 1))
             with self.executor.batch():
                 jobs = [
