@@ -29,7 +29,14 @@ from featcache.errors import UnknownNameError
 from featcache.executors.items import job_problem
 from featcache.records import new_record_id
 from featcache.store import Store
-from featcache.suites import Catalogs, SuiteSpec, WorkItem, expand_suite, get_suite
+from featcache.suites import (
+    EVALUATIONS,
+    Catalogs,
+    SuiteSpec,
+    WorkItem,
+    expand_suite,
+    get_suite,
+)
 
 #: Where executors keep failures (one create-only object per failed attempt).
 FAILURES = "runs/failures"
@@ -217,10 +224,7 @@ def _evaluator_done(store: Store, item: WorkItem, index: _RecordIndex) -> bool:
             gallery=gallery,
             top_k=o["top_k"],
         )
-    raise UnknownNameError("work item kind", item.kind, ("extract", "job", *_KIND_TASKS))
-
-
-_KIND_TASKS = ("knn", "probe", "calibrate", "retrieve")
+    raise UnknownNameError("work item kind", item.kind, ("extract", "job", *EVALUATIONS))
 
 
 def _extract_state(store: Store, item: WorkItem) -> tuple[str, str]:
