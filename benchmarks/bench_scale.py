@@ -192,6 +192,9 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--no-ray", action="store_true", help="skip the Ray executor")
     parser.add_argument("--gpu", action="store_true", help="extraction on one CUDA GPU")
+    parser.add_argument(
+        "--only", choices=("overhead", "speedup"), help="run one of the two measurements"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     args.sizes = sorted(int(x) for x in args.items.split(","))
@@ -213,8 +216,10 @@ def main() -> None:
         if args.gpu:
             result["gpu"] = gpu(tmp)
         else:
-            result["overhead"] = overhead(args, tmp, executors)
-            result["speedup"] = speedup(tmp, executors)
+            if args.only != "speedup":
+                result["overhead"] = overhead(args, tmp, executors)
+            if args.only != "overhead":
+                result["speedup"] = speedup(tmp, executors)
         result["load_after"] = os.getloadavg()
     if args.json:
         print(json.dumps(result, indent=2))
@@ -226,15 +231,18 @@ def main() -> None:
         print(f"GPU extraction: in process {g['in_process']['seconds']:.1f} s, one local GPU "
               f"worker {g['local_gpu_worker']['seconds']:.1f} s: ratio {g['ratio']:.2f}")  # fmt: skip
         return
-    o = result["overhead"]
-    small, large = o["sizes"]
-    print(f"\n1. scheduling overhead per kNN item (slope between {small} and {large} items)")
-    print(f"   one process, plain loop   {o['serial']['per_item_s'] * 1e3:8.1f} ms per item")
-    for executor in executors:
-        e = o[executor]
-        print(f"   {executor:<5} executor, 1 worker {e['per_item_s'] * 1e3:8.1f} ms per item: "
-              f"overhead {e['overhead_per_item_s'] * 1e3:+.1f} ms, ratio {e['ratio']:.2f}x, "
-              f"fixed start-up {e['fixed_s']:.1f} s")  # fmt: skip
+    if "overhead" in result:
+        o = result["overhead"]
+        small, large = o["sizes"]
+        print(f"\n1. scheduling overhead per kNN item (slope between {small} and {large} items)")
+        print(f"   one process, plain loop   {o['serial']['per_item_s'] * 1e3:8.1f} ms per item")
+        for executor in executors:
+            e = o[executor]
+            print(f"   {executor:<5} executor, 1 worker {e['per_item_s'] * 1e3:8.1f} ms per item: "
+                  f"overhead {e['overhead_per_item_s'] * 1e3:+.1f} ms, ratio {e['ratio']:.2f}x, "
+                  f"fixed start-up {e['fixed_s']:.1f} s")  # fmt: skip
+    if "speedup" not in result:
+        return
     print("\n2. the 2-backbone x digits suite on 1 and 2 workers")
     for executor, runs in result["speedup"].items():
         print(f"   {executor:<5} {runs[1]['seconds']:6.1f} s -> {runs[2]['seconds']:6.1f} s "
