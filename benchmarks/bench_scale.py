@@ -15,11 +15,12 @@ Two measurements, each against a baseline taken in the same run:
    item is that slope minus the baseline's, and the ratio is slope / baseline slope.
    The fixed start-up cost is printed beside it.
 2. **Speed-up from 1 to 2 workers** on this machine: a 2-backbone x digits suite
-   (extraction of train and test at 64 px, kNN, a 5-shot probe, calibration, retrieval)
-   on 1 and on 2 workers of the local executor and of local Ray. Local workers split the
-   cores (1 worker: all of them for its torch threads); a Ray actor has one CPU each.
+   (ResNet-10t and -14t at 112 px, random weights: train, test and all extracted, kNN)
+   on 1 and on 2 workers of the local executor and of local Ray, each run from a cold
+   start (worker processes started, torch imported, models built). Local workers split
+   the cores (1 worker: all of them for its torch threads); a Ray actor has one CPU.
 
-    python benchmarks/bench_scale.py                 # CPU, ~2-4 minutes on 2 cores
+    python benchmarks/bench_scale.py                 # CPU, ~5 minutes on 2 cores
     python benchmarks/bench_scale.py --items 20,80   # the two sizes of measurement 1
     python benchmarks/bench_scale.py --no-ray        # without the ray extra
     python benchmarks/bench_scale.py --gpu           # extraction on one GPU: executor vs in-process
@@ -56,9 +57,8 @@ def write_manifests(root: Path, sizes: list[int]) -> None:
     (root / "suites").mkdir(parents=True, exist_ok=True)
     names = [f"bench_bb_{i:03d}" for i in range(n_items)]
     text = "".join(f"{n}:\n{BACKBONE.format(res=32)}" for n in names)
-    text += "bench_vit:\n  source: timm\n  model: test_vit\n  model_kwargs: {img_size: 64}\n"
-    text += "  resolution: 64\n  family: vit\n  style: random\n"
-    text += f"bench_res:\n{BACKBONE.format(res=64)}"
+    for name, model in (("bench_res10", "resnet10t"), ("bench_res14", "resnet14t")):
+        text += f"{name}:\n  source: timm\n  model: {model}\n  resolution: 112\n  style: random\n"
     (root / "backbones" / "bench.yaml").write_text(text)
     suites = {}
     for n in sizes:
@@ -66,18 +66,14 @@ def write_manifests(root: Path, sizes: list[int]) -> None:
             "backbones": names[:n],
             "grids": [{"datasets": ["digits"], "evaluate": {"knn": {"k": [10, 20]}}}],
         }
-    suites["work"] = {
-        "backbones": ["bench_res", "bench_vit"],
-        "extract": {"weights": "random", "chunk_rows": 256},
+    suites["work"] = {  # 6 sets of 1,347-1,797 images at 112 px, then kNN on each backbone
+        "backbones": ["bench_res10", "bench_res14"],
+        "extract": {"weights": "random"},
         "grids": [
             {
                 "datasets": ["digits"],
-                "evaluate": {
-                    "knn": {"k": [10, 20]},
-                    "probe": {"shots": [5]},
-                    "calibrate": {},
-                    "retrieve": {},
-                },
+                "splits": {"digits": ["train", "test", "all"]},
+                "evaluate": {"knn": {"k": [10, 20]}},
             }
         ],
     }
