@@ -510,14 +510,18 @@ def _has_cuda() -> bool:
 
 @pytest.mark.gpu
 @pytest.mark.skipif("not _has_cuda()", reason="needs a CUDA GPU")
-@pytest.mark.parametrize("executor", ["local", "slurm"])
-def test_gpu_workers_extract_on_their_device(executor, slow_reference, tmp_path) -> None:
-    """One worker per GPU (a local process, or a submitit job with a GPU): the set is
-    extracted on the GPU the worker was given and matches the CPU features."""
+@pytest.mark.parametrize("executor", ["local", "ray", "slurm"])
+def test_gpu_workers_extract_on_their_device(
+    executor, slow_reference, tmp_path, request: pytest.FixtureRequest
+) -> None:
+    """One worker per GPU (a local process, a Ray actor, a submitit job with a GPU): the
+    set is extracted on the GPU the worker was given and matches the CPU features."""
     import torch
 
     if executor == "slurm":
         pytest.importorskip("submitit")
+    if executor == "ray":
+        request.getfixturevalue("ray_cluster")
     store = featcache.open_store(str(tmp_path / "store"))
     slurm = {"folder": tmp_path / "submitit", "cluster": "local", "timeout_min": 10}
     _, report = run_suite(store, "slow", executor=executor, gpus=1, slurm=slurm)
