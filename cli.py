@@ -529,6 +529,263 @@ def retrieve_cmd(
     _print_records(records, as_json)
 
 
+# --------------------------------------------------------------------------- suites and executors
+class Executor(StrEnum):
+    local = "local"
+    ray = "ray"
+    slurm = "slurm"
+
+
+class SlurmCluster(StrEnum):
+    slurm = "slurm"
+    local = "local"
+    debug = "debug"
+
+
+def _need_text(item: Any, need: str) -> str:
+    """A need without the kind/backbone/dataset it shares with ``item``."""
+    kind, _, rest = need.partition("/")
+    same = f"{item.backbone}/{item.dataset}/"
+    return f"{kind}:{rest[len(same) :]}" if rest.startswith(same) else need
+
+
+def _print_states(states: list[Any], *, needs: bool = True) -> None:
+    from rich.table import Table
+
+    table = Table("item", *(("needs",) if needs else ()), "state", "detail")
+    for s in states:
+        cells = [s.item.id]
+        if needs:
+            cells.append(", ".join(_need_text(s.item, n) for n in s.item.needs) or "-")
+        table.add_row(*cells, s.state, s.detail)
+    _console().print(table)
+
+
+def _counts_line(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {state}" for state, n in counts.items() if n)
+
+
+@app.command("plan")
+def plan_cmd(
+    suite: Annotated[
+        str | None, typer.Argument(help="Suite name (manifests/suites); none: list the suites.")
+    ] = None,
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """A suite's work items, what each needs first, and what the store already has."""
+    if suite is None:
+        from featcache.suites import list_suites
+
+        suites = list_suites()
+        if as_json:
+            _echo_json([s.to_dict() for s in suites])
+            return
+        from rich.table import Table
+
+        table = Table("suite", "backbones", "datasets", "description")
+        for spec in suites:
+            table.add_row(
+                spec.name, str(len(spec.backbones)), str(len(spec.datasets)), spec.description
+            )
+        _console().print(table)
+        return
+    from featcache.executors.plan import plan_suite
+
+    plan = plan_suite(_store(store), suite)
+    if as_json:
+        _echo_json(plan.to_dict())
+        return
+    _print_states(list(plan.states))
+    typer.echo(f"{plan.suite}: {len(plan.states)} work item(s): {_counts_line(plan.counts())}")
+
+
+def _run_progress(as_json: bool) -> tuple[Any, Any]:
+    """A rich progress bar fed by the scheduler's events (none with --json)."""
+    if as_json:
+        return None, None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    bar = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=_console()
+    )
+    task = bar.add_task("bobx run", total=None)
+    settled: set[str] = set()
+
+    def on_event(event: dict[str, Any]) -> None:
+        kind = event["event"]
+        if kind == "start":
+            bar.update(task, total=event["total"])
+        elif kind == "finished":
+            if event["status"] in ("done", "cached", "unavailable", "failed"):
+                settled.add(event["item"])
+            line = f"{event['item']}: {event['status']} {event['detail']}"
+            bar.console.print(line[:300], highlight=False, markup=False)
+            bar.update(task, description="bobx run")
+        elif kind == "retry":
+            settled.discard(event["item"])
+        elif kind == "skipped":
+            settled.add(event["item"])
+        elif kind == "chunks":
+            bar.update(task, description=f"{event['item']} {event['done']}/{event['total']} chunks")
+        bar.update(task, completed=len(settled))
+
+    return bar, on_event
+
+
+@app.command("run")
+def run_cmd(
+    suite: Annotated[str, typer.Argument(help="Suite name (see `bobx plan`).")],
+    executor: Annotated[Executor, typer.Option(help="Where items run.")] = Executor.local,
+    gpus: Annotated[int, typer.Option(help="One worker per GPU (local, ray; slurm: per job).")] = 0,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="CPU workers (local default 1, 0 = this process; ray default: its CPUs)."
+        ),
+    ] = None,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address (host:6379 or auto).")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option(help="Show what would run; run nothing.")] = False,
+    device: Annotated[str, typer.Option(help="Extraction device in the workers.")] = "auto",
+    num_workers: Annotated[
+        int | None,
+        typer.Option(help="Decode workers per extraction (default: the worker's share of cores)."),
+    ] = None,
+    max_retries: Annotated[int, typer.Option(help="Retries of a failed item.")] = 2,
+    lease_ttl: Annotated[
+        float, typer.Option(help="Seconds before a dead worker's lease expires.")
+    ] = 60.0,
+    folder: Annotated[Path, typer.Option(help="slurm: submitit's logs and pickles.")] = Path(
+        "bobx-slurm"
+    ),
+    cluster: Annotated[
+        SlurmCluster, typer.Option(help="slurm: slurm, or submitit's local / debug executor.")
+    ] = SlurmCluster.slurm,
+    partition: Annotated[str | None, typer.Option(help="slurm: partition.")] = None,
+    timeout_min: Annotated[int, typer.Option(help="slurm: time limit per job.")] = 240,
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Execute what a suite still misses in the store (local processes, Ray or Slurm)."""
+    from featcache.executors import RunOptions, run_suite
+
+    bar, on_event = (None, None) if dry_run else _run_progress(as_json)
+    slurm = {
+        "folder": folder,
+        "cluster": cluster.value,
+        "partition": partition,
+        "timeout_min": timeout_min,
+    }
+    if bar is not None:
+        bar.start()
+    try:
+        plan, report = run_suite(
+            _store(store),
+            suite,
+            executor=executor.value,
+            gpus=gpus,
+            workers=workers,
+            address=address,
+            dry_run=dry_run,
+            options=RunOptions(device=device, num_workers=num_workers, lease_ttl_s=lease_ttl),
+            max_retries=max_retries,
+            slurm=slurm,
+            on_event=on_event,
+        )
+    finally:
+        if bar is not None:
+            bar.stop()
+    if report is None:  # --dry-run
+        todo = [s for s in plan.states if s.runnable]
+        if as_json:
+            _echo_json({**plan.to_dict(), "would_run": [s.item.id for s in todo]})
+            return
+        _print_states(todo)
+        typer.echo(
+            f"{plan.suite}: would run {len(todo)} of {len(plan.states)} item(s) on the "
+            f"{executor.value} executor ({_counts_line(plan.counts())})"
+        )
+        return
+    if as_json:
+        _echo_json(report.to_dict())
+    else:
+        typer.echo(
+            f"{report.suite} on {report.executor}: {_counts_line(report.counts())} "
+            f"in {report.seconds:.1f} s"
+        )
+    if not report.ok:
+        bad = sorted(
+            [i for i, o in report.outcomes.items() if o.status == "failed"] + list(report.skipped)
+        )
+        typer.echo(
+            f"error: {len(bad)} item(s) failed or were skipped ({bad[0]}, ...); "
+            f"`bobx status {suite}` shows why, `bobx run {suite}` resumes them.",
+            err=True,
+        )
+        raise typer.Exit(code=1)
+
+
+@app.command("status")
+def status_cmd(
+    suite: Annotated[str | None, typer.Argument(help="Suite name; none: the whole store.")] = None,
+    show_done: Annotated[bool, typer.Option("--all", help="List done items too.")] = False,
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Progress from the store alone: complete, partial, leased and failed work."""
+    from featcache.executors.plan import plan_suite, store_status
+
+    st = _store(store)
+    if suite is not None:
+        plan = plan_suite(st, suite)
+        if as_json:
+            _echo_json({"scope": f"suite {plan.suite}", **plan.to_dict()})
+            return
+        shown = [s for s in plan.states if show_done or s.state != "done"]
+        if shown:
+            _print_states(shown, needs=False)
+        typer.echo(f"{plan.suite} in {st.url}: {_counts_line(plan.counts())}")
+        return
+    out = store_status(st)
+    if as_json:
+        _echo_json(out)
+        return
+    from rich.table import Table
+
+    console = _console()
+    sets = [s for s in out["feature_sets"] if show_done or s["state"] != "done"]
+    if sets:
+        table = Table("feature set", "state", "chunks", "rows")
+        for s in sets:
+            table.add_row(
+                s["id"], s["state"], f"{s['chunks_done']}/{s['chunks_total']}", str(s["n"])
+            )
+        console.print(table)
+    if out["leases"]:
+        table = Table("leased", "holder", "pid", "since", "heartbeat")
+        for info in out["leases"]:
+            table.add_row(
+                info["key"],
+                f"{info['holder']}@{info['host']}",
+                str(info["pid"]),
+                str(info["started_at"])[:19],
+                f"{info['heartbeat_age_s']:.0f} s ago",
+            )
+        console.print(table)
+    if out["failures"]:
+        table = Table("failed", "attempts", "last error")
+        for f in out["failures"]:
+            table.add_row(f["id"], str(f["attempts"]), f["last_error"])
+        console.print(table)
+    c = out["counts"]
+    typer.echo(
+        f"{st.url}: {c['done']} complete and {c['partial']} partial feature set(s), "
+        f"{c['leased']} leased, {c['failed']} failed item(s), {out['records']} record(s)"
+    )
+
+
 # --------------------------------------------------------------------------- ranking
 class Weight(StrEnum):
     task = "task"

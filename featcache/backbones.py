@@ -537,10 +537,12 @@ def validate_backbone_manifests(*, check_registries: bool = True) -> list[str]:
 
 def validate_manifests(*, check_registries: bool = True) -> dict[str, dict[str, Any]]:
     """Every manifest checked, by kind (``bobx validate``): ``{"backbones": {"count": n,
-    "problems": [...]}, "datasets": {...}, "recipes": {...}}``. Reads no data, runs no model."""
+    "problems": [...]}, "datasets": {...}, "recipes": {...}, "suites": {...}}``. Reads no
+    data, runs no model."""
     from featcache.datasets import validate_dataset_manifests
     from featcache.datasets.spec import load_specs
     from featcache.jobs.recipes import load_recipes, validate_recipe_manifests
+    from featcache.suites import validate_suite_manifests
 
     return {
         "backbones": {
@@ -549,4 +551,5 @@ def validate_manifests(*, check_registries: bool = True) -> dict[str, dict[str, 
         },
         "datasets": {"count": len(load_specs()[0]), "problems": validate_dataset_manifests()},
         "recipes": {"count": len(load_recipes()[0]), "problems": validate_recipe_manifests()},
+        "suites": validate_suite_manifests(),
     }

@@ -32,7 +32,8 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
@@ -107,6 +108,48 @@ def shard_chunks(n_chunks: int, shard_index: int = 0, num_shards: int = 1) -> li
             hint="Use --num-shards N >= 1 and 0 <= --shard-index < N.",
         )
     return list(range(shard_index, n_chunks, num_shards))
+
+
+def split_lease_key(
+    backbone: str, dataset: str, split: str, shard_index: int = 0, num_shards: int = 1
+) -> str:
+    """The lease an extraction of one set takes: ``extract/<backbone>/<dataset>/<split>``,
+    or per chunk range ``.../<split>.shard-<i>-of-<n>`` (shards run side by side)."""
+    from featcache.leases import lease_key
+
+    part = split if num_shards == 1 else f"{split}.shard-{shard_index}-of-{num_shards}"
+    return lease_key("extract", backbone, dataset, part)
+
+
+@contextmanager
+def _take_lease(st: Store, key: str, *, wait: bool, ttl_s: float | None) -> Iterator[Any]:
+    from featcache.leases import DEFAULT_TTL_S, LeaseHeldError, acquire
+
+    ttl = DEFAULT_TTL_S if ttl_s is None else ttl_s
+    try:
+        lease = acquire(st, key, ttl_s=ttl, note="extract")
+    except LeaseHeldError as exc:
+        if not wait:
+            raise
+        log.warning("%s; waiting for it", exc)
+        lease = acquire(st, key, ttl_s=ttl, wait=True, note="extract")
+    with lease:
+        yield lease
+
+
+def _load_model(plan: Any, device: Any, models: MutableMapping[str, Any] | None) -> Any:
+    """Load ``plan``'s model on ``device`` (or take it from ``models``, keyed by
+    ``<backbone>|<device>|<identity digest>``)."""
+    from featcache.models import load_backbone
+
+    key = f"{plan.spec.name}|{device}|{provenance.digest(plan.identity())}"
+    model = None if models is None else models.get(key)
+    if model is None:
+        model = load_backbone(plan, device=device)
+        if models is not None:
+            models[key] = model
+    _set_threads(device)
+    return model
 
 
 def library_versions() -> dict[str, str | None]:
@@ -681,6 +724,9 @@ def extract(
     name: str | None = None,
     progress: bool = True,
     record_speed: bool = True,
+    lease_wait: bool = True,
+    lease_ttl_s: float | None = None,
+    models: MutableMapping[str, Any] | None = None,
 ) -> list[ExtractResult]:
     """Extract ``backbone`` features of ``dataset`` into ``store``; one result per split.
 
@@ -717,6 +763,12 @@ def extract(
         name: store the features (and records) under this backbone name; by default
             :func:`stored_name` (``<backbone>@w-<sha8>`` for a weights file,
             ``<backbone>@seed<N>`` for another random init).
+        lease_wait, lease_ttl_s: computing a set (or a shard's chunks) takes the lease
+            :func:`split_lease_key` first, so two processes never compute it at once;
+            held by someone else: wait for it (then finish only what is still missing),
+            or with ``lease_wait=False`` raise :class:`featcache.leases.LeaseHeldError`.
+        models: a cache of loaded models (executors keep one per worker, so a backbone
+            loads once per worker instead of once per set).
 
     Returns:
         One :class:`ExtractResult` per split, in order.
@@ -740,7 +792,7 @@ def extract(
     spec, dspec = _resolve(backbone, layer, dataset)
     split_names = list(splits) if splits else list(dspec.default_splits)
     dev = resolve_device(device)
-    from featcache.models import load_backbone, plan_backbone
+    from featcache.models import plan_backbone
 
     plan = plan_backbone(spec, weights, seed=seed)
     backbone_name = stored_name(spec, plan.weights, name)
@@ -790,8 +842,7 @@ def extract(
             st, backbone_name, dspec.name, split_name, key, overwrite
         ):
             # load (and fail on missing weights) before anything is written to the store
-            model = load_backbone(plan, device=dev)
-            _set_threads(dev)
+            model = _load_model(plan, dev, models)
         writer = st.create_features(
             backbone_name,
             dspec.name,
@@ -814,24 +865,30 @@ def extract(
         todo = writer.missing_chunks(shard_chunks(writer.n_chunks, shard_index, num_shards))
         written, images, seconds = 0, 0, 0.0
         if todo:
-            if model is None:
-                model = load_backbone(plan, device=dev)
-                _set_threads(dev)
-            written, images, seconds = _run_split(
-                writer=writer,
-                split=split,
-                chunks=todo,
-                plan=plan,
-                model=model,
-                device=dev,
-                precision=precision,
-                batch_size=bs,
-                auto_batch=auto_batch,
-                num_workers=workers,
-                on_bad_image=on_bad_image,
-                progress=progress,
-                label=label,
-            )
+            lease_name = split_lease_key(spec.name, dspec.name, split_name, shard_index, num_shards)
+            with _take_lease(st, lease_name, wait=lease_wait, ttl_s=lease_ttl_s):
+                todo = writer.missing_chunks(todo)  # a holder we waited for may have done them
+                if todo:
+                    if model is None:
+                        model = _load_model(plan, dev, models)
+                    written, images, seconds = _run_split(
+                        writer=writer,
+                        split=split,
+                        chunks=todo,
+                        plan=plan,
+                        model=model,
+                        device=dev,
+                        precision=precision,
+                        batch_size=bs,
+                        auto_batch=auto_batch,
+                        num_workers=workers,
+                        on_bad_image=on_bad_image,
+                        progress=progress,
+                        label=label,
+                    )
+            if not todo and writer.complete:  # published by the holder this run waited for
+                results.append(_result(st, writer, dspec, split_name, "cached", 0, 0, 0.0))
+                continue
         rate = images / seconds if images and seconds > 0 else None
         run = {
             "device": dev.type,
@@ -968,4 +1025,5 @@ __all__ = [
     "stored_name",
     "resolve_device",
     "shard_chunks",
+    "split_lease_key",
 ]

@@ -1004,6 +1004,18 @@ class Store:
             f"{data_key(key, spec)}/_bobx/complete.json"
         )
 
+    def chunk_progress(
+        self, backbone: str, dataset: str, split: str
+    ) -> tuple[set[int], int, bool] | None:
+        """``(chunks with a marker, chunks in total, published complete)`` of one set, read
+        from its markers alone; ``None`` if the set was never created."""
+        key = _fs_key(backbone, dataset, split)
+        spec = self._spec(key)
+        if spec is None:
+            return None
+        writer = FeatureWriter(self, key, spec)
+        return writer.done_chunks(), writer.n_chunks, writer.complete
+
     def complete_splits(self, backbone: str, dataset: str) -> list[str]:
         """Splits of one (backbone, dataset) that are published complete (one listing)."""
         folder = "/".join(
