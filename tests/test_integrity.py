@@ -38,6 +38,8 @@ from featcache.errors import (
     StoreError,
     UnknownNameError,
 )
+from featcache.extract import split_lease_key
+from featcache.leases import read_lease
 from featcache.runners.classification import run_knn
 from featcache.verify import verify_store
 from tests import _imagegen as gen
@@ -84,6 +86,16 @@ def one_line_error(proc: subprocess.CompletedProcess[str], *needles: str) -> str
 
 
 # ------------------------------------------------------ 1. overwrite fences the old writer
+def lose_lease(store: featcache.Store, key: str) -> None:
+    """End the live generation of lease ``key`` as its expiry would, behind its holder's back."""
+    info = read_lease(store, key)
+    assert info is not None and info.active()
+    store.objects.put_new_json(
+        f"leases/{key}/{info.generation:012d}.released.json", {"token": "expired-in-test"}
+    )
+    assert not read_lease(store, key).active()  # type: ignore[union-attr]
+
+
 def test_overwrite_while_another_writer_runs_fences_it(tmp_path: Path) -> None:
     """Writer A fills a set slowly; after A's second chunk, writer B overwrites it with
     another dtype. B's set must be B's alone, and A must stop with a clear error."""
@@ -92,6 +104,9 @@ def test_overwrite_while_another_writer_runs_fences_it(tmp_path: Path) -> None:
 
     def writer_b(key: str) -> None:  # runs when A writes the data of its 2nd chunk
         if key.endswith("/embeddings/c/1/0") and not done:
+            # A paused past its lease's TTL (a GC pause, a partition): its lease is gone,
+            # so B takes the set over; A is a zombie writer that only the fence can stop
+            lose_lease(featcache.open_store(url), split_lease_key("tiny_resnet", "digits", "test"))
             done["b"] = run(
                 url, "tiny_resnet", splits=["test"], limit=96, chunk_rows=16,
                 dtype="float32", overwrite=True,

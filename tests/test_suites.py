@@ -242,7 +242,7 @@ def test_plan_states_come_from_the_store_alone(manifests, tmp_path: Path) -> Non
     assert counts["todo"] == len(plan.states) - 1 and counts["unavailable"] == 1
     (detect,) = [s for s in plan.states if s.state == "unavailable"]
     assert detect.item.id == "job/e2e_resnet/digits/detect.default"
-    assert "not available yet" in detect.detail and "featcache.runners.detection" in detect.detail
+    assert "needs a detection dataset; digits is a classification dataset" in detect.detail
 
     _import(store, "e2e_resnet", "train", 300)  # the train set: done
     writer = store.create_features(  # the test set: 1 of 2 chunks written

@@ -210,14 +210,32 @@ def runner(kind: str) -> Any | None:
         return None
 
 
-def job_problem(kind: str) -> str | None:
-    """Why a job kind cannot run here (``None``: it can)."""
+#: The dataset task each dataset-bound job kind trains on (``speed`` takes no dataset).
+JOB_DATASET_TASKS = {
+    "finetune": ("classification",),
+    "robustness": ("classification",),
+    "detect": ("detection",),
+}
+
+
+def job_problem(kind: str, dataset: str | None = None) -> str | None:
+    """Why a job kind cannot run here, or not on ``dataset`` (``None``: it can)."""
     if runner(kind) is None:
         module, name = RUNNERS[kind]
         return (
             f"job kind {kind!r} is not available yet: {module}.{name} (`bobx {kind}`) is not "
             "in this bobx; the suite keeps it planned for when it is"
         )
+    tasks = JOB_DATASET_TASKS.get(kind)
+    if dataset and tasks:
+        from featcache.datasets import get_dataset_spec
+
+        task = get_dataset_spec(dataset).task
+        if task not in tasks:
+            return (
+                f"job kind {kind!r} needs a {' or '.join(tasks)} dataset; {dataset} is a "
+                f"{task} dataset (move the job to a grid of {' / '.join(tasks)} datasets)"
+            )
     return None
 
 
@@ -232,7 +250,7 @@ def _job(st: Store, item: WorkItem, opts: RunOptions) -> tuple[str, str, int]:
     kind, backbone = kwargs.pop("job"), kwargs.pop("backbone")
     run = runner(kind)
     if run is None:
-        return "unavailable", str(job_problem(kind)), 0
+        return "unavailable", str(job_problem(kind, item.dataset)), 0
     accepted = inspect.signature(run).parameters
     runtime = {"device": opts.device, "wait": False, "lease_ttl_s": opts.lease_ttl_s}
     kwargs = {**{k: v for k, v in runtime.items() if k in accepted}, **kwargs}

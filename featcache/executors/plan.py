@@ -360,7 +360,7 @@ def item_states(
         if item.kind in ("extract", "job"):
             problem = _backbone_problem(item, catalogs, backbones)
         if item.kind == "job" and problem is None:
-            problem = job_problem(str(item.options["job"]))
+            problem = job_problem(str(item.options["job"]), item.dataset)
         blocked = [n for n in item.needs if n in out and out[n].state in ("unavailable", "blocked")]
         if problem:
             state, detail = "unavailable", problem
