@@ -129,16 +129,7 @@ def plain_rate(args: argparse.Namespace, manifests: Path) -> dict[str, float]:
 
     os.environ["BOBX_MANIFESTS"] = str(manifests)
     p = args.point
-    splits = prepare_splits(
-        get_dataset_spec(args.dataset),
-        data_root=args.data_root,
-        train_split="train",
-        test_split=None,
-        val_split=None,
-        seed=0,
-        fraction=None,
-        shots=None,
-    )
+    splits = prepare_splits(get_dataset_spec(args.dataset), data_root=args.data_root)
     device = torch.device(args.device)
     torch.manual_seed(0)
     model = timm.create_model(

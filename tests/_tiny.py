@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 TINY = """
 {prefix}_resnet:
@@ -26,3 +27,20 @@ def tiny_manifests(root: Path, prefix: str) -> Path:
     (root / "backbones").mkdir(parents=True, exist_ok=True)
     (root / "backbones" / "tiny.yaml").write_text(TINY.format(prefix=prefix))
     return root
+
+
+def extract_digits(store: Any, backbone: str, **options: Any) -> None:
+    """``backbone``'s features of digits train and test, random weights, on the CPU."""
+    from featcache.extract import extract
+
+    extract(
+        store,
+        backbone,
+        "digits",
+        splits=["train", "test"],
+        weights="random",
+        device="cpu",
+        num_workers=0,
+        progress=False,
+        **options,
+    )

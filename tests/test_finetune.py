@@ -20,7 +20,7 @@ from featcache.errors import BobxError, DataError, UnknownNameError
 from featcache.jobs import JobState, list_sweeps
 from featcache.leases import list_leases
 from tests import _imagegen as gen
-from tests._tiny import tiny_manifests
+from tests._tiny import extract_digits, tiny_manifests
 from tests.test_cli_store import BOBX, bobx
 
 ROOT = str(Path(__file__).resolve().parent.parent)
@@ -97,23 +97,13 @@ def test_finished_finetune_prints_the_stored_result(tuned, manifests, monkeypatc
 
 
 def test_finetune_ranks_beside_the_probe(tuned, manifests, monkeypatch):
-    from featcache.extract import extract
     from featcache.runners.classification import run_probe
     from featcache.runners.ranking import rank_store
 
     monkeypatch.setenv("BOBX_MANIFESTS", str(manifests))
     store = featcache.open_store(tuned[0])
     for bb in ("ft_resnet", "ft_vit"):
-        extract(
-            store,
-            bb,
-            "digits",
-            splits=["train", "test"],
-            weights="random",
-            device="cpu",
-            num_workers=0,
-            progress=False,
-        )
+        extract_digits(store, bb)
         run_probe(store, bb, "digits", dtype="float32", c_grid=[0.01, 1.0])
     ranked = rank_store(store, tasks=["classification"], n_boot=0)
     rows = ranked[ranked["task"] == "classification"]
@@ -130,16 +120,7 @@ def test_lowshot_subsets_are_the_probes(manifests, monkeypatch):
 
     spec = get_dataset_spec("digits")
     for fraction, shots in ((0.1, None), (0.01, None), (None, 5)):
-        splits = prepare_splits(
-            spec,
-            data_root=None,
-            train_split="train",
-            test_split=None,
-            val_split=None,
-            seed=3,
-            fraction=fraction,
-            shots=shots,
-        )
+        splits = prepare_splits(spec, seed=3, fraction=fraction, shots=shots)
         y = splits.train.labels
         x = np.random.default_rng(0).standard_normal((len(y), 4))
         probe = linear_probe(
@@ -163,16 +144,7 @@ def test_lowshot_recipe_grids_by_family(manifests, monkeypatch):
     got = {}
     for bb in ("ft_resnet", "ft_vit"):
         for fraction in (0.01, 0.1):
-            splits = prepare_splits(
-                dspec,
-                data_root=None,
-                train_split="train",
-                test_split=None,
-                val_split=None,
-                seed=0,
-                fraction=fraction,
-                shots=None,
-            )
+            splits = prepare_splits(dspec, fraction=fraction)
             jobs = finetune_jobs(
                 plan_backbone(get_backbone_spec(bb), "random"),
                 dspec,

@@ -107,13 +107,13 @@ def _check_labels(split: Any, dataset: str) -> None:
 def prepare_splits(
     dspec: Any,
     *,
-    data_root: str | Path | None,
-    train_split: str,
-    test_split: str | None,
-    val_split: str | None,
-    seed: int,
-    fraction: float | None,
-    shots: int | None,
+    data_root: str | Path | None = None,
+    train_split: str = "train",
+    test_split: str | None = None,
+    val_split: str | None = None,
+    seed: int = 0,
+    fraction: float | None = None,
+    shots: int | None = None,
 ) -> _Splits:
     """Open the splits and choose the rows: the probe's selection split and subsets."""
     from evaluators.probe import training_rows
