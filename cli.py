@@ -983,7 +983,9 @@ def finetune_cmd(
     ] = None,
     seed: Annotated[int, typer.Option(help="Seeds the holdout, subsets, head and training.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:i].")] = "auto",
-    precision: Annotated[str, typer.Option(help="fp32, bf16 or fp16 (autocast).")] = "fp32",
+    precision: Annotated[
+        str, typer.Option(help="auto (bf16 on a GPU, else fp32), fp32, bf16 or fp16.")
+    ] = "auto",
     num_workers: Annotated[int | None, typer.Option(help="Decode workers (0: in process).")] = None,
     checkpoint_every: Annotated[
         int | None, typer.Option(help="Also checkpoint every N updates (always every epoch).")
@@ -1025,6 +1027,10 @@ def finetune_cmd(
         checkpoint_every_steps=checkpoint_every,
         deterministic=deterministic,
     )
+    from featcache.jobs.distributed import from_env
+
+    if not from_env().main:  # torchrun: rank 0 speaks for the job
+        return
     if not as_json:
         sweep = result.sweep
         _print_points(sweep.points, sweep.selected, result.select_metric)

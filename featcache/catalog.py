@@ -15,15 +15,16 @@ the file and entry of a problem.
 from __future__ import annotations
 
 import os
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
-from featcache.errors import ManifestError, suggest
+from featcache.errors import BobxError, ManifestError, suggest
 from featcache.names import validate_name
 
+T = TypeVar("T")
 PACKAGED = Path(__file__).resolve().parent.parent / "manifests"
 ENV_VAR = "BOBX_MANIFESTS"
 
@@ -60,6 +61,25 @@ def load_entries(kind: str) -> dict[str, dict[str, Any]]:
                     raise ManifestError(f"{path}: entry {name!r} must be a mapping of fields.")
                 entries[name] = {**fields, "_source": str(path)}
     return entries
+
+
+def load_valid(
+    kind: str, parse: Callable[[str, dict[str, Any]], T]
+) -> tuple[dict[str, T], list[str]]:
+    """Every entry of catalog ``kind`` that ``parse(name, fields)`` accepts, by name, and
+    the problems (error messages) of the entries it rejects with a BobxError."""
+    valid: dict[str, T] = {}
+    problems: list[str] = []
+    try:
+        entries = load_entries(kind)
+    except BobxError as exc:
+        return valid, [str(exc)]
+    for name, fields in entries.items():
+        try:
+            valid[name] = parse(name, fields)
+        except BobxError as exc:
+            problems.append(str(exc))
+    return valid, problems
 
 
 def _freeze(value: Any) -> Any:

@@ -76,6 +76,13 @@ class LeaseHeldError(BobxError):
             "Wait for it (--wait), or let it expire if that process is gone."
         )
 
+    @classmethod
+    def from_message(cls, message: str) -> LeaseHeldError:
+        """The same error on another process (torchrun ranks > 0), from its message."""
+        err = cls.__new__(cls)
+        BobxError.__init__(err, message)
+        return err
+
 
 class LeaseLostError(BobxError):
     """This process's lease was taken over (it stopped heartbeating for longer than its TTL)."""

@@ -26,11 +26,11 @@ for bb in "${backbones[@]}"; do
   "$BOBX" retrieve --backbone "$bb" --dataset digits
 done
 
-# Jobs through the backbone, on the first one (about three minutes on 2 CPU cores):
+# Jobs through the backbone, on the first one (about four minutes on 2 CPU cores):
 # a one-epoch fine-tune with the quick recipe, PGD against its stored probe, and speed.
 bb="${backbones[0]}"
 "$BOBX" finetune --backbone "$bb" --dataset digits --recipe quick --epochs 1 --batch-size 32
-"$BOBX" robustness --backbone "$bb" --dataset digits --limit 100 --steps 5
+"$BOBX" robustness --backbone "$bb" --dataset digits --limit 50 --steps 3
 speed_args=()
 for b in "${backbones[@]}"; do speed_args+=(--backbone "$b"); done
 "$BOBX" speed "${speed_args[@]}" --batch-size 1,16 --repeats 3

@@ -16,36 +16,20 @@ import numpy as np
 import pytest
 
 import featcache
-from featcache.errors import BobxError, DataError
+from featcache.errors import BobxError, DataError, UnknownNameError
 from featcache.jobs import JobState, list_sweeps
 from featcache.leases import list_leases
 from tests import _imagegen as gen
+from tests._tiny import extract_digits, tiny_manifests
 from tests.test_cli_store import BOBX, bobx
 
 ROOT = str(Path(__file__).resolve().parent.parent)
-TINY = """
-ft_resnet:
-  source: timm
-  model: resnet10t
-  resolution: 32
-  style: random
-ft_vit:
-  source: timm
-  model: test_vit
-  model_kwargs: {img_size: 32}
-  resolution: 32
-  family: vit
-  style: random
-"""
 QUICK = ["--recipe", "quick", "--weights", "random", "--num-workers", "0", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
 def manifests(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("manifests")
-    (root / "backbones").mkdir()
-    (root / "backbones" / "tiny.yaml").write_text(TINY)
-    return root
+    return tiny_manifests(tmp_path_factory.mktemp("manifests"), "ft")
 
 
 @pytest.fixture(scope="module")
@@ -113,23 +97,13 @@ def test_finished_finetune_prints_the_stored_result(tuned, manifests, monkeypatc
 
 
 def test_finetune_ranks_beside_the_probe(tuned, manifests, monkeypatch):
-    from featcache.extract import extract
     from featcache.runners.classification import run_probe
     from featcache.runners.ranking import rank_store
 
     monkeypatch.setenv("BOBX_MANIFESTS", str(manifests))
     store = featcache.open_store(tuned[0])
     for bb in ("ft_resnet", "ft_vit"):
-        extract(
-            store,
-            bb,
-            "digits",
-            splits=["train", "test"],
-            weights="random",
-            device="cpu",
-            num_workers=0,
-            progress=False,
-        )
+        extract_digits(store, bb)
         run_probe(store, bb, "digits", dtype="float32", c_grid=[0.01, 1.0])
     ranked = rank_store(store, tasks=["classification"], n_boot=0)
     rows = ranked[ranked["task"] == "classification"]
@@ -146,16 +120,7 @@ def test_lowshot_subsets_are_the_probes(manifests, monkeypatch):
 
     spec = get_dataset_spec("digits")
     for fraction, shots in ((0.1, None), (0.01, None), (None, 5)):
-        splits = prepare_splits(
-            spec,
-            data_root=None,
-            train_split="train",
-            test_split=None,
-            val_split=None,
-            seed=3,
-            fraction=fraction,
-            shots=shots,
-        )
+        splits = prepare_splits(spec, seed=3, fraction=fraction, shots=shots)
         y = splits.train.labels
         x = np.random.default_rng(0).standard_normal((len(y), 4))
         probe = linear_probe(
@@ -179,16 +144,7 @@ def test_lowshot_recipe_grids_by_family(manifests, monkeypatch):
     got = {}
     for bb in ("ft_resnet", "ft_vit"):
         for fraction in (0.01, 0.1):
-            splits = prepare_splits(
-                dspec,
-                data_root=None,
-                train_split="train",
-                test_split=None,
-                val_split=None,
-                seed=0,
-                fraction=fraction,
-                shots=None,
-            )
+            splits = prepare_splits(dspec, fraction=fraction)
             jobs = finetune_jobs(
                 plan_backbone(get_backbone_spec(bb), "random"),
                 dspec,
@@ -328,20 +284,10 @@ def test_bad_input_gets_one_line_errors(manifests, tmp_path, monkeypatch):
     )
     assert bad.returncode == 2 and "Did you mean 'lr'" in bad.stderr
     assert bad.stderr.count("\n") == 1
-    bad = bobx(
-        "finetune",
-        "--backbone",
-        "ft_resnet",
-        "--dataset",
-        "digits",
-        "--recipe",
-        "fast",
-        store=store,
-        check=False,
-    )
-    assert bad.returncode == 2 and "Unknown recipe 'fast'" in bad.stderr
     from featcache.runners.finetune import run_finetune
 
+    with pytest.raises(UnknownNameError, match="Unknown recipe 'fast'"):
+        run_finetune(featcache.open_store(store), "ft_resnet", "digits", recipe="fast")
     gen.make_csv_dataset(
         tmp_path / "unlabelled",
         [(f"img/{i}.jpg", "", "train" if i < 6 else "test") for i in range(8)],
@@ -396,3 +342,23 @@ def test_finetune_on_cuda(manifests, monkeypatch, precision):
         precision=precision, num_workers=2,
     )  # fmt: skip
     assert again.status == "cached"
+
+
+@pytest.mark.slow
+def test_torchrun_trains_one_job_with_two_processes(manifests, tmp_path):
+    """`torchrun --nproc-per-node 2 bobx finetune`: DistributedDataParallel on gloo (CPU);
+    rank 0 alone writes and prints, the run id knows the world size."""
+    store = str(tmp_path / "store")
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+        "--master-port", str(29400 + os.getpid() % 500), "-m", "cli",
+        "finetune", "--backbone", "ft_resnet", "--dataset", "digits", *QUICK, "--epochs", "1",
+        "--store", store, "--json",
+    ]  # fmt: skip
+    out = subprocess.run(cmd, env=_env(manifests), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)  # one JSON document: rank 1 printed nothing
+    assert [r["metric"] for r in rows] == ["top1", "top5"] and rows[0]["value"] > 0.2
+    state = JobState(featcache.open_store(store), rows[0]["cache_key"])
+    assert state.job()["identity"]["world_size"] == 2 and state.has_weights()
+    assert len(featcache.open_store(store).results()) == 2

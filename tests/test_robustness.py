@@ -15,15 +15,9 @@ from featcache.errors import BobxError
 from featcache.jobs import make_job, run_job
 from featcache.training.attack import AttackRun, parse_eps, parse_step_size, pgd_linf
 from featcache.training.model import ImageClassifier
+from tests._tiny import extract_digits, tiny_manifests
 from tests.test_cli_store import bobx
 
-TINY = """
-rb_resnet:
-  source: timm
-  model: resnet10t
-  resolution: 32
-  style: random
-"""
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 
 
@@ -197,26 +191,13 @@ def test_attack_job_resumes_to_the_same_counts(tmp_path):
 @pytest.fixture(scope="module")
 def probed(tmp_path_factory: pytest.TempPathFactory):
     """rb_resnet (random init, 32 px) extracted and probed on digits."""
-    from featcache.extract import extract
     from featcache.runners.classification import run_probe
 
-    root = tmp_path_factory.mktemp("rb")
-    (root / "backbones").mkdir()
-    (root / "backbones" / "tiny.yaml").write_text(TINY)
+    root = tiny_manifests(tmp_path_factory.mktemp("rb"), "rb")
     mp = pytest.MonkeyPatch()
     mp.setenv("BOBX_MANIFESTS", str(root))
     store = featcache.open_store(str(root / "store"))
-    extract(
-        store,
-        "rb_resnet",
-        "digits",
-        splits=["train", "test"],
-        weights="random",
-        device="cpu",
-        num_workers=0,
-        progress=False,
-        dtype="float32",
-    )
+    extract_digits(store, "rb_resnet", dtype="float32")
     run_probe(store, "rb_resnet", "digits", dtype="float32", c_grid=[0.1, 1.0])
     yield store
     mp.undo()

@@ -9,22 +9,8 @@ import torch
 from torch import nn
 
 from featcache.training.timing import count_gflops, measure_speed
+from tests._tiny import tiny_manifests
 from tests.test_cli_store import bobx
-
-TINY = """
-sp_resnet:
-  source: timm
-  model: resnet10t
-  resolution: 32
-  style: random
-sp_vit:
-  source: timm
-  model: test_vit
-  model_kwargs: {img_size: 32}
-  resolution: 32
-  family: vit
-  style: random
-"""
 
 
 def test_flop_count_of_known_layers():
@@ -57,9 +43,7 @@ def test_measure_speed_is_sane():
 
 
 def test_speed_records(tmp_path, monkeypatch):
-    (tmp_path / "m" / "backbones").mkdir(parents=True)
-    (tmp_path / "m" / "backbones" / "tiny.yaml").write_text(TINY)
-    monkeypatch.setenv("BOBX_MANIFESTS", str(tmp_path / "m"))
+    monkeypatch.setenv("BOBX_MANIFESTS", str(tiny_manifests(tmp_path / "m", "sp")))
     rows = json.loads(
         bobx(
             "speed", "--backbone", "sp_resnet", "--backbone", "sp_vit", "--batch-size", "1,4",
@@ -104,9 +88,7 @@ def test_speed_at_another_resolution(tmp_path, monkeypatch):
     from featcache.runners.speed import run_speed
     from featcache.store import open_store
 
-    (tmp_path / "m" / "backbones").mkdir(parents=True)
-    (tmp_path / "m" / "backbones" / "tiny.yaml").write_text(TINY)
-    monkeypatch.setenv("BOBX_MANIFESTS", str(tmp_path / "m"))
+    monkeypatch.setenv("BOBX_MANIFESTS", str(tiny_manifests(tmp_path / "m", "sp")))
     store = open_store(f"memory://{tmp_path.name}")
     recs = run_speed(
         store, ["sp_vit", "sp_resnet"], batch_sizes=[2], device="cpu", resolution=48, repeats=1,
@@ -124,9 +106,7 @@ def test_speed_on_cuda(tmp_path, monkeypatch):
     from featcache.runners.speed import run_speed
     from featcache.store import open_store
 
-    (tmp_path / "m" / "backbones").mkdir(parents=True)
-    (tmp_path / "m" / "backbones" / "tiny.yaml").write_text(TINY)
-    monkeypatch.setenv("BOBX_MANIFESTS", str(tmp_path / "m"))
+    monkeypatch.setenv("BOBX_MANIFESTS", str(tiny_manifests(tmp_path / "m", "sp")))
     recs = run_speed(
         open_store(f"memory://{tmp_path.name}"), ["sp_resnet"], batch_sizes=[1, 64],
         device="cuda", precision="bf16", repeats=3,

@@ -27,7 +27,14 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from featcache.catalog import FrozenMap, check_known_fields, load_entries, manifest_problem, thaw
+from featcache.catalog import (
+    FrozenMap,
+    check_known_fields,
+    load_entries,
+    load_valid,
+    manifest_problem,
+    thaw,
+)
 from featcache.errors import BobxError, UnknownNameError, suggest
 from featcache.names import validate_name
 
@@ -336,18 +343,7 @@ def _class_subset(raw: Any, source: str, name: str) -> tuple[int, ...] | None:
 
 def load_specs() -> tuple[dict[str, DatasetSpec], list[str]]:
     """Every valid spec by name, and the problems of the invalid ones."""
-    specs: dict[str, DatasetSpec] = {}
-    problems: list[str] = []
-    try:
-        entries = load_entries("datasets")
-    except BobxError as exc:
-        return specs, [str(exc)]
-    for name, fields in entries.items():
-        try:
-            specs[name] = spec_from_fields(name, fields)
-        except BobxError as exc:
-            problems.append(str(exc))
-    return specs, problems
+    return load_valid("datasets", spec_from_fields)
 
 
 def get_dataset_spec(name: str) -> DatasetSpec:

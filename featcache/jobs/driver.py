@@ -53,6 +53,7 @@ from typing import Any, Protocol
 from featcache import provenance
 from featcache.catalog import FrozenMap, thaw
 from featcache.errors import BobxError
+from featcache.jobs.distributed import Ranks, broadcast
 from featcache.jobs.state import JobState
 from featcache.leases import DEFAULT_TTL_S, LeaseHeldError, acquire, lease_key
 from featcache.names import validate_name
@@ -310,6 +311,51 @@ class _CheckpointWriter:
 
 
 # --------------------------------------------------------------------------- one job
+def _train(
+    trainer: Trainer,
+    curve: list[dict[str, float]],
+    *,
+    save: Callable[[int, int], Any],
+    every_steps: int,
+    every_epochs: int,
+    epoch_done: Callable[[], None] | None = None,
+) -> None:
+    """Drive ``trainer.run()`` to its end: the curve grows by one row per epoch,
+    ``save(step, epoch)`` runs at every checkpoint point (the same points on every rank)."""
+    for event in trainer.run():
+        if isinstance(event, EpochEnd):
+            curve.append({"epoch": event.epoch + 1, **dict(event.row)})
+            if (event.epoch + 1) % max(1, every_epochs) == 0:
+                save(event.step, event.epoch)
+            if epoch_done is not None:
+                epoch_done()
+        elif every_steps and event.step % every_steps == 0:
+            save(event.step, event.epoch)
+
+
+def _follow(
+    store: Any, job: JobSpec, make_trainer: Callable[[JobSpec], Trainer], ranks: Ranks, **kw: Any
+) -> JobOutcome:
+    """A rank > 0 of a torchrun job: trains in lockstep with rank 0, writes nothing."""
+    kind, payload = broadcast(None, ranks)
+    if kind == "cached":
+        return JobOutcome(job, "cached", dict(payload["metrics"]), list(payload["curve"]), [])
+    if kind == "held":
+        raise LeaseHeldError.from_message(payload)
+    trainer = make_trainer(job)
+    curve: list[dict[str, float]] = []
+    if payload is not None:
+        saved = JobState(store, job.run_id).checkpoint(int(payload))
+        trainer.load_state_dict(saved["trainer"])
+        curve = [dict(r) for r in saved.get("curve", [])]
+    _train(trainer, curve, save=lambda step, epoch: trainer.state_dict(), **kw)
+    trainer.evaluate()
+    doc, ours = broadcast(None, ranks)
+    return JobOutcome(
+        job, "done" if ours else "cached", dict(doc["metrics"]), list(doc["curve"]), []
+    )
+
+
 def run_job(
     store: Any,
     job: JobSpec,
@@ -323,32 +369,47 @@ def run_job(
     checkpoint_every_steps: int | None = None,
     checkpoint_every_epochs: int = 1,
     keep_checkpoints: bool = False,
+    ranks: Ranks | None = None,
 ) -> JobOutcome:
     """Run ``job`` to completion (resuming, leased, recorded); see the module doc.
 
     ``records(job, metrics)`` turns the final metrics into the records to write (None:
     none, e.g. for the points of a sweep). ``keep_checkpoints`` keeps the last
-    checkpoint of a finished run (by default only the final weights stay)."""
+    checkpoint of a finished run (by default only the final weights stay). Under
+    torchrun (``ranks``), rank 0 does all of this and the other ranks train beside it
+    (their trainer's ``state_dict`` and ``evaluate`` are called at the same points)."""
+    ranks = ranks or Ranks()
+    loop = {"every_steps": checkpoint_every_steps or 0, "every_epochs": checkpoint_every_epochs}
+    if not ranks.main:
+        return _follow(store, job, make_trainer, ranks, **loop)
     state = JobState(store, job.run_id)
     if not overwrite and (doc := state.done()) is not None:
+        broadcast(("cached", doc), ranks)
         return _stored(store, job, doc)
-    with acquire(
-        store,
-        lease_key("job", job.run_id),
-        ttl_s=lease_ttl_s,
-        wait=wait,
-        timeout_s=wait_timeout_s,
-        note=f"{job.kind} {job.backbone}/{job.dataset} {job.label}".strip(),
-    ) as lease:
+    try:
+        lease = acquire(
+            store,
+            lease_key("job", job.run_id),
+            ttl_s=lease_ttl_s,
+            wait=wait,
+            timeout_s=wait_timeout_s,
+            note=f"{job.kind} {job.backbone}/{job.dataset} {job.label}".strip(),
+        )
+    except LeaseHeldError as exc:
+        broadcast(("held", str(exc)), ranks)
+        raise
+    with lease:
         if overwrite:
             state.clear()
         elif (doc := state.done()) is not None:  # finished while we waited for the lease
+            broadcast(("cached", doc), ranks)
             return _stored(store, job, doc)
         state.write_job(job.describe())
+        found = state.latest_checkpoint()
+        broadcast(("run", None if found is None else int(found[0]["step"])), ranks)
         trainer = make_trainer(job)
         curve: list[dict[str, float]] = []
         resumed_from = None
-        found = state.latest_checkpoint()
         if found is not None:
             marker, saved = found
             trainer.load_state_dict(saved["trainer"])
@@ -357,17 +418,21 @@ def run_job(
             log.info("%s: resuming from update %d", job.run_id, resumed_from)
 
         writer = _CheckpointWriter(state, lease)
-        every = checkpoint_every_steps or 0
+
+        def epoch_done() -> None:
+            lease.check()
+            put_curve(store, job, curve)
+
         try:
-            for event in trainer.run():
-                if isinstance(event, EpochEnd):
-                    curve.append({"epoch": event.epoch + 1, **dict(event.row)})
-                    if (event.epoch + 1) % max(1, checkpoint_every_epochs) == 0:
-                        writer.submit(event.step, event.epoch, trainer.state_dict(), curve, job)
-                    lease.check()
-                    put_curve(store, job, curve)
-                elif every and event.step % every == 0:
-                    writer.submit(event.step, event.epoch, trainer.state_dict(), curve, job)
+            _train(
+                trainer,
+                curve,
+                save=lambda step, epoch: writer.submit(
+                    step, epoch, trainer.state_dict(), curve, job
+                ),
+                epoch_done=epoch_done,
+                **loop,
+            )
         finally:
             writer.flush()
         metrics = {k: float(v) for k, v in trainer.evaluate().items()}
@@ -391,6 +456,7 @@ def run_job(
                 "host": provenance.host(),
             }
         )
+        broadcast((doc, ours), ranks)
         published = _records_of(doc)
         _publish(store, published)
         state.prune(keep=1 if keep_checkpoints else 0)
@@ -446,6 +512,7 @@ def run_sweep(
     higher_is_better: bool = True,
     overwrite: bool = False,
     wait: bool = False,
+    ranks: Ranks | None = None,
     **job_options: Any,
 ) -> SweepOutcome:
     """Run every grid point of ``jobs`` (one backbone and dataset), choose the point with
@@ -453,58 +520,64 @@ def run_sweep(
 
     Points another process is running are left to it; afterwards they are waited for
     with ``wait``, else the first one's :class:`LeaseHeldError` is raised (the points
-    this process could run are done by then). ``job_options`` go to :func:`run_job`."""
+    this process could run are done by then). ``job_options`` go to :func:`run_job`;
+    under torchrun (``ranks``) rank 0 alone writes."""
+    ranks = ranks or Ranks()
     sid = sweep_id(jobs, select)
     sweep = JobState(store, sid)
-    if overwrite:
+    if overwrite and ranks.main:
         sweep.clear()
-    elif (doc := sweep.sweep()) is not None:
-        records_ = _records_of(doc)
-        _publish(store, records_)
+    found = broadcast(None if overwrite else sweep.sweep(), ranks)
+    if found is not None:
+        records_ = _records_of(found)
+        if ranks.main:
+            _publish(store, records_)
         points = [
-            _stored(store, j, JobState(store, j.run_id).done() or {"metrics": {}}) for j in jobs
+            JobOutcome(j, "cached", dict(d.get("metrics", {})), list(d.get("curve", [])), [])
+            for j in jobs
+            for d in [JobState(store, j.run_id).done() or {}]
         ]
-        return SweepOutcome(sid, "cached", points, str(doc["selected"]), records_)
+        return SweepOutcome(sid, "cached", points, str(found["selected"]), records_)
     done: dict[str, JobOutcome] = {}
     held: list[tuple[JobSpec, LeaseHeldError]] = []
+    options = {**job_options, "ranks": ranks, "overwrite": overwrite}
     for job in jobs:
         try:
-            done[job.run_id] = run_job(
-                store, job, make_trainer, overwrite=overwrite, wait=False, **job_options
-            )
+            done[job.run_id] = run_job(store, job, make_trainer, wait=False, **options)
         except LeaseHeldError as exc:
             held.append((job, exc))
     for job, error in held:
         if not wait:
             raise error
-        done[job.run_id] = run_job(
-            store, job, make_trainer, overwrite=overwrite, wait=True, **job_options
-        )
+        done[job.run_id] = run_job(store, job, make_trainer, wait=True, **options)
     outcomes = [done[j.run_id] for j in jobs]
     best = select_point(outcomes, select, higher_is_better=higher_is_better)
-    recs = records(best.job, best.metrics)
-    doc, _ = sweep.mark_sweep(
-        {
-            "sweep_id": sid,
-            "kind": jobs[0].kind,
-            "backbone": jobs[0].backbone,
-            "dataset": jobs[0].dataset,
-            "params": thaw(jobs[0].params),
-            "select": select,
-            "selected": best.run_id,
-            "points": [
-                {"run_id": o.run_id, "label": o.job.label, "metrics": o.metrics} for o in outcomes
-            ],
-            "records": [r.to_dict() for r in recs],
-            "finished_at": provenance.now_iso(),
-        }
-    )
-    published = _records_of(doc)
-    _publish(store, published)
-    for out in outcomes:
-        put_curve(store, out.job, out.curve, selected=out.run_id == doc["selected"])
+    doc = None
+    if ranks.main:
+        recs = records(best.job, best.metrics)
+        doc, _ = sweep.mark_sweep(
+            {
+                "sweep_id": sid,
+                "kind": jobs[0].kind,
+                "backbone": jobs[0].backbone,
+                "dataset": jobs[0].dataset,
+                "params": thaw(jobs[0].params),
+                "select": select,
+                "selected": best.run_id,
+                "points": [
+                    {"run_id": o.run_id, "label": o.job.label, "metrics": o.metrics}
+                    for o in outcomes
+                ],
+                "records": [r.to_dict() for r in recs],
+                "finished_at": provenance.now_iso(),
+            }
+        )
+        _publish(store, _records_of(doc))
+        for out in outcomes:
+            put_curve(store, out.job, out.curve, selected=out.run_id == doc["selected"])
+    doc = broadcast(doc, ranks)
     status = "done" if any(o.status == "done" for o in outcomes) else "cached"
-    return SweepOutcome(sid, status, outcomes, str(doc["selected"]), published)
+    return SweepOutcome(sid, status, outcomes, str(doc["selected"]), _records_of(doc))
 
 
 def list_sweeps(store: Any, *, kind: str | None = None) -> list[dict[str, Any]]:

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from featcache.catalog import FrozenMap, load_entries, manifest_problem, thaw
+from featcache.catalog import FrozenMap, load_valid, manifest_problem, thaw
 from featcache.errors import BobxError, ManifestError, UnknownNameError, suggest
 from featcache.names import validate_name
 
@@ -413,18 +413,7 @@ def recipe_from_fields(name: str, fields: Mapping[str, Any]) -> Recipe:
 
 def load_recipes() -> tuple[dict[str, Recipe], list[str]]:
     """Every valid recipe by name, and the problems of the invalid entries."""
-    recipes: dict[str, Recipe] = {}
-    problems: list[str] = []
-    try:
-        entries = load_entries("recipes")
-    except BobxError as exc:
-        return recipes, [str(exc)]
-    for name, fields in entries.items():
-        try:
-            recipes[name] = recipe_from_fields(name, fields)
-        except BobxError as exc:
-            problems.append(str(exc))
-    return recipes, problems
+    return load_valid("recipes", recipe_from_fields)
 
 
 def get_recipe(name: str | Recipe, kind: str | None = None) -> Recipe:

@@ -150,6 +150,15 @@ class JobState:
             return marker, loads_checkpoint(data, where=f"{base}{_step_name(step, 'pt')}")
         return None
 
+    def checkpoint(self, step: int) -> dict[str, Any]:
+        """The state of checkpoint ``step`` (verified against its marker)."""
+        base = f"{self.prefix}/checkpoints/"
+        marker = self.objects.get_json(base + _step_name(step, "json")) or {}
+        data = self.objects.get(base + _step_name(step, "pt"))
+        if data is None or provenance.sha256_bytes(data) != marker.get("sha256"):
+            raise DataError(f"Checkpoint {step} of run {self.run_id} is missing or damaged.")
+        return loads_checkpoint(data, where=f"{base}{_step_name(step, 'pt')}")
+
     def prune(self, keep: int = 2) -> None:
         """Remove all but the newest ``keep`` checkpoints (``keep=0``: all of them)."""
         steps = self.checkpoint_steps()

@@ -371,14 +371,7 @@ def run_calibration(
     store.check_writable()  # a read-only or full store fails now, not after the work
     records: list[Record] = []
     for bb in _probed_backbones(store, backbone, dataset):
-        try:
-            arrays, attrs = store.get_artifact("probe", bb, dataset, run)
-        except UnknownNameError as exc:
-            extra = " --protocol clip_benchmark" if run.startswith("clip-") else ""
-            raise BobxError(
-                f"No stored probe predictions for {bb}/{dataset} (run {run!r}); "
-                f"run `bobx probe --backbone {bb} --dataset {dataset}{extra}` first."
-            ) from exc
+        arrays, attrs = stored_probe(store, bb, dataset, run)
         if attrs.get("multilabel"):
             raise DataError(
                 f"{dataset} is multi-label; calibration needs single-label predictions."
@@ -410,6 +403,21 @@ def run_calibration(
         )
         records += recs
     return store.add_records(records)
+
+
+def stored_probe(
+    store: Store, backbone: str, dataset: str, run: str, *, otherwise: str = ""
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The probe artifact ``bobx probe`` kept (weights, logits), or a BobxError naming the
+    command that makes it (``otherwise``: another way out, appended to the message)."""
+    try:
+        return store.get_artifact("probe", backbone, dataset, run)
+    except UnknownNameError as exc:
+        extra = " --protocol clip_benchmark" if run.startswith("clip-") else ""
+        raise BobxError(
+            f"No stored probe for {backbone}/{dataset} (run {run!r}); run `bobx probe "
+            f"--backbone {backbone} --dataset {dataset}{extra}` first{otherwise}."
+        ) from exc
 
 
 def _probed_backbones(store: Store, backbone: str, dataset: str) -> list[str]:

@@ -107,13 +107,13 @@ def _check_labels(split: Any, dataset: str) -> None:
 def prepare_splits(
     dspec: Any,
     *,
-    data_root: str | Path | None,
-    train_split: str,
-    test_split: str | None,
-    val_split: str | None,
-    seed: int,
-    fraction: float | None,
-    shots: int | None,
+    data_root: str | Path | None = None,
+    train_split: str = "train",
+    test_split: str | None = None,
+    val_split: str | None = None,
+    seed: int = 0,
+    fraction: float | None = None,
+    shots: int | None = None,
 ) -> _Splits:
     """Open the splits and choose the rows: the probe's selection split and subsets."""
     from evaluators.probe import training_rows
@@ -181,8 +181,10 @@ def finetune_jobs(
     overrides: Mapping[str, Any],
     precision: str,
     micro_batch: int,
+    world_size: int = 1,
 ) -> list[JobSpec]:
-    """One JobSpec per grid point of ``recipe`` for this backbone and dataset."""
+    """One JobSpec per grid point of ``recipe`` for this backbone and dataset
+    (``world_size``: torchrun processes, which see ``micro_batch`` images each)."""
     from featcache.extract import _dataset_identity, library_versions
 
     context = {
@@ -203,6 +205,7 @@ def finetune_jobs(
         "precision": precision,
         "train_split": splits.train.split,
         "selection": splits.selection,
+        **({"sampler": "probe"} if fraction is not None or shots is not None else {}),
         **{k: thaw(v) if not isinstance(v, list) else v for k, v in overrides.items()},
     }
     jobs = []
@@ -219,6 +222,7 @@ def finetune_jobs(
             "seed": seed,
             "point": thaw(point),
             "micro_batch": micro_batch,
+            "world_size": world_size,
             "precision": precision,
             "versions": library_versions(),
         }
@@ -252,7 +256,7 @@ def run_finetune(
     test_split: str | None = None,
     val_split: str | None = None,
     device: str = "auto",
-    precision: str = "fp32",
+    precision: str = "auto",
     batch_size: int = 64,
     num_workers: int | None = None,
     overwrite: bool = False,
@@ -265,16 +269,19 @@ def run_finetune(
 
     ``batch_size`` is the micro-batch (images per forward, sized for memory); the
     recipe's ``batch_size`` (effective) is reached by gradient accumulation.
-    ``overrides`` replace recipe values (a list sweeps the field)."""
+    ``precision="auto"``: bf16 autocast on a GPU that has it, else fp32 (the resolved
+    value is what the run id and the records carry). ``overrides`` replace recipe values (a list sweeps the field). Launched by torchrun,
+    every process trains its share through DistributedDataParallel and rank 0 writes."""
     from featcache.backbones import get_backbone_spec
     from featcache.datasets import get_dataset_spec
     from featcache.extract import PRECISIONS, _set_threads, default_workers, resolve_device
+    from featcache.jobs.distributed import from_env, setup
     from featcache.models import plan_backbone
     from featcache.training.classification import ClassificationData, ClassificationTrainer
     from featcache.training.model import finetune_classifier
 
-    if precision not in PRECISIONS:
-        raise UnknownNameError("precision", precision, PRECISIONS)
+    if precision not in (*PRECISIONS, "auto"):
+        raise UnknownNameError("precision", precision, (*PRECISIONS, "auto"))
     if batch_size < 1:
         raise DataError(f"--batch-size must be a positive number of images, got {batch_size}.")
     spec = get_backbone_spec(backbone)
@@ -292,6 +299,13 @@ def run_finetune(
         fraction=fraction,
         shots=shots,
     )
+    ranks = from_env()
+    dev = setup(ranks, resolve_device(device))
+    if precision == "auto":
+        import torch
+
+        bf16 = dev.type == "cuda" and torch.cuda.is_bf16_supported()
+        precision = "bf16" if bf16 else "fp32"
     jobs = finetune_jobs(
         plan,
         dspec,
@@ -303,9 +317,12 @@ def run_finetune(
         overrides=dict(overrides or {}),
         precision=precision,
         micro_batch=batch_size,
+        world_size=ranks.world,
     )
-    dev = resolve_device(device)
-    workers = default_workers(dev.type) if num_workers is None else max(0, int(num_workers))
+    if num_workers is None:  # the host's decode workers, shared by the processes
+        workers = max(1, default_workers(dev.type) // ranks.world)
+    else:
+        workers = max(0, int(num_workers))
     data = ClassificationData(
         splits.train,
         splits.fit_rows,
@@ -340,6 +357,7 @@ def run_finetune(
             num_workers=workers,
             seed=seed,
             deterministic=deterministic,
+            ranks=ranks,
         )
 
     from evaluators.probe import HIGHER_IS_BETTER
@@ -376,6 +394,7 @@ def run_finetune(
         records=records,
         overwrite=overwrite,
         wait=wait,
+        ranks=ranks,
         **options,
     )
     return FinetuneResult(sweep, rec.name, sweep.records, select)

@@ -55,18 +55,13 @@ class _Head:
 
 
 def _probe_head(store: Store, plan: Any, dataset: str, run: str) -> _Head:
+    from featcache.runners.classification import stored_probe
     from featcache.training.model import probe_classifier
 
     name = plan.spec.name
-    try:
-        arrays, attrs = store.get_artifact("probe", name, dataset, run)
-    except UnknownNameError as exc:
-        extra = " --protocol clip_benchmark" if run.startswith("clip-") else ""
-        raise BobxError(
-            f"No stored probe for {name}/{dataset} (run {run!r}); run `bobx probe --backbone "
-            f"{name} --dataset {dataset}{extra}` first, or attack a fine-tuned model with "
-            "--head finetune."
-        ) from exc
+    arrays, attrs = stored_probe(
+        store, name, dataset, run, otherwise=", or attack a fine-tuned model with --head finetune"
+    )
     if attrs.get("multilabel"):
         raise DataError(f"{dataset} is multi-label; the PGD attack needs single-label data.")
     train_split = str((attrs.get("params") or {}).get("train_split", "train"))

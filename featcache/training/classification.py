@@ -30,6 +30,7 @@ asks torch for deterministic kernels, slower).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 from collections.abc import Iterator, Mapping, Sequence
@@ -39,6 +40,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from featcache.errors import BobxError
+from featcache.jobs.distributed import Ranks, all_sum, gather
 from featcache.jobs.driver import EpochEnd, Step
 from featcache.training.data import (
     SeededImages,
@@ -66,24 +69,28 @@ class ClassificationData:
     multilabel: bool = False
 
 
-def updates_plan(n_train: int, batch_size: int, micro_batch: int, *, even: bool) -> dict[str, int]:
-    """Micro-batch, accumulation steps and updates per epoch for ``n_train`` images.
+def updates_plan(
+    n_train: int, batch_size: int, micro_batch: int, *, even: bool, world: int = 1
+) -> dict[str, int]:
+    """Micro-batch (per process), accumulation steps and updates per epoch.
 
-    ``micro_batch`` is capped at the effective ``batch_size`` and at ``n_train``; mixup
-    needs an even micro-batch (``even``). ``accum = round(batch_size / micro)``; when an
-    epoch holds fewer micro-batches than one update needs, the update takes what there is.
+    ``micro_batch`` is capped so that ``world`` processes together take at most the
+    effective ``batch_size`` and at most ``n_train`` images; mixup needs an even
+    micro-batch (``even``). ``accum = round(batch_size / (micro * world))``; when an epoch
+    holds fewer micro-batches than one update needs, the update takes what there is.
     """
-    micro = max(1, min(micro_batch, batch_size, n_train))
+    micro = max(1, min(micro_batch, batch_size // world, n_train // world))
     if even and micro > 1:
         micro -= micro % 2
-    n_micro = n_train // micro
-    accum = max(1, min(round(batch_size / micro), n_micro))
-    updates = n_micro // accum
+    step = micro * world  # images per micro-step, all processes together
+    n_micro = n_train // step
+    accum = max(1, min(round(batch_size / step), n_micro))
     return {
         "micro_batch": micro,
         "accum_steps": accum,
-        "updates_per_epoch": updates,
-        "batch_size_effective": micro * accum,
+        "updates_per_epoch": n_micro // accum,
+        "batch_size_effective": step * accum,
+        "world_size": world,
     }
 
 
@@ -119,6 +126,7 @@ class ClassificationTrainer:
         num_workers: int = 0,
         seed: int = 0,
         deterministic: bool = False,
+        ranks: Ranks | None = None,
     ) -> None:
         from timm.data import Mixup, create_transform
         from timm.data.random_erasing import RandomErasing
@@ -127,6 +135,7 @@ class ClassificationTrainer:
         from timm.scheduler import create_scheduler_v2
 
         self.point, self.data, self.seed = dict(point), data, int(seed)
+        self.ranks = ranks or Ranks()
         self.device = torch.device(device)
         self.autocast_dtype = PRECISIONS[precision]
         self.num_workers, self.eval_transform = num_workers, eval_transform
@@ -142,16 +151,28 @@ class ClassificationTrainer:
             torch.backends.cudnn.benchmark = not deterministic
         p = self.point
         mixing = not data.multilabel and p["mixup_prob"] > 0 and (p["mixup"] > 0 or p["cutmix"] > 0)
-        self.plan = updates_plan(len(data.train_rows), p["batch_size"], micro_batch, even=mixing)
+        world = self.ranks.world
+        self.plan = updates_plan(
+            len(data.train_rows), p["batch_size"], micro_batch, even=mixing, world=world
+        )
         self.epochs = int(p["epochs"])
 
-        torch.manual_seed(self.seed)  # the run's streams start here (dropout, drop path, mixing)
-        random.seed(self.seed)
-        np.random.seed(self.seed)
+        # the run's streams start here (dropout, drop path, mixing); one per process
+        stream = self.seed + 1000 * self.ranks.rank
+        torch.manual_seed(stream)
+        random.seed(stream)
+        np.random.seed(stream)
         self.model = model.to(self.device)
         if cuda:
             self.model.channels_last = True
             self.model.to(memory_format=torch.channels_last)
+        self.train_logits: Any = self.model.logits
+        if self.ranks.active:  # gradients averaged over the processes
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.train_logits = DistributedDataParallel(
+                _Logits(self.model), device_ids=[self.device.index] if cuda else None
+            )
         self.optimizer = create_optimizer_v2(
             self.model.net,
             opt=p["optimizer"],
@@ -218,6 +239,8 @@ class ClassificationTrainer:
 
     # -- state ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        """The resumable state; under torchrun a collective (every rank's RNG streams and
+        loss sum are gathered, so each rank resumes its own)."""
         rng: dict[str, Any] = {
             "python": random.getstate(),
             "numpy": _numpy_state(),
@@ -225,31 +248,38 @@ class ClassificationTrainer:
         }
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        mine = {"rng": rng, "loss_sum": self.loss_sum.detach().cpu()}
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": None if self.scaler is None else self.scaler.state_dict(),
-            "rng": rng,
+            "ranks": gather(mine, self.ranks),
             "position": [self.epoch, self.micro, self.step],
-            "loss_sum": self.loss_sum.detach().cpu(),
             "final": self.final,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        per_rank = state["ranks"]
+        if len(per_rank) != self.ranks.world:
+            raise BobxError(
+                f"This checkpoint was written by {len(per_rank)} processes; resume it with "
+                f"as many (torchrun --nproc-per-node {len(per_rank)})."
+            )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler") is not None:
             self.scaler.load_state_dict(state["scaler"])
-        rng = state["rng"]
+        mine = per_rank[self.ranks.rank]
+        rng = mine["rng"]
         random.setstate(rng["python"])
         _set_numpy_state(rng["numpy"])
         torch.set_rng_state(rng["torch"])
         if "cuda" in rng and self.device.type == "cuda":
             torch.cuda.set_rng_state(rng["cuda"], self.device)
         self.epoch, self.micro, self.step = (int(v) for v in state["position"])
-        self.loss_sum = state["loss_sum"].to(self.device)
+        self.loss_sum = mine["loss_sum"].to(self.device)
         self.final = state.get("final")
 
     # -- training ---------------------------------------------------------------------
@@ -270,11 +300,15 @@ class ClassificationTrainer:
         micro, accum = self.plan["micro_batch"], self.plan["accum_steps"]
         n_micro = self.plan["updates_per_epoch"] * accum
         model, opt, clip = self.model, self.optimizer, self.point["clip_grad"]
+        rank, world = self.ranks.rank, self.ranks.world
         while self.epoch < self.epochs:
             model.train()
-            keys = epoch_batches(
-                len(self.data.train_rows), micro, seed=self.seed, epoch=self.epoch
-            )[self.micro : n_micro]
+            keys = [  # this process's share of each micro-step
+                batch[rank * micro : (rank + 1) * micro]
+                for batch in epoch_batches(
+                    len(self.data.train_rows), micro * world, seed=self.seed, epoch=self.epoch
+                )[self.micro : n_micro]
+            ]
             batches = loader(
                 self.train_images,
                 keys,
@@ -289,11 +323,16 @@ class ClassificationTrainer:
                     xn = self.erasing(xn)
                 if self.mixup is not None:
                     xn, y = self.mixup(xn, y)
-                with self._autocast():
-                    loss = self.criterion(model.logits(xn).float(), y)
-                self.loss_sum += loss.detach()
-                scaled = loss / accum
-                (scaled if self.scaler is None else self.scaler.scale(scaled)).backward()
+                last = (self.micro + 1) % accum == 0
+                sync = contextlib.nullcontext()
+                if not last and self.ranks.active:  # gradients travel once per update
+                    sync = self.train_logits.no_sync()
+                with sync:
+                    with self._autocast():
+                        loss = self.criterion(self.train_logits(xn).float(), y)
+                    self.loss_sum += loss.detach()
+                    scaled = loss / accum
+                    (scaled if self.scaler is None else self.scaler.scale(scaled)).backward()
                 self.micro += 1
                 if self.micro % accum:
                     continue
@@ -310,8 +349,9 @@ class ClassificationTrainer:
                 self.step += 1
                 self.scheduler.step_update(num_updates=self.step)
                 yield Step(self.step, self.epoch)
+            total = all_sum(self.loss_sum.clone(), self.ranks)
             row = {
-                "train_loss": float(self.loss_sum) / max(1, n_micro),
+                "train_loss": float(total) / max(1, n_micro * world),
                 "lr": max(g["lr"] for g in opt.param_groups),
             }
             last = self.epoch + 1 == self.epochs
@@ -340,21 +380,31 @@ class ClassificationTrainer:
     # -- evaluation -------------------------------------------------------------------
     @torch.no_grad()
     def predict(self, split: Any, rows: np.ndarray) -> np.ndarray:
-        """Logits (n, C) of ``rows`` of ``split`` through the model's eval transform."""
-        images = SeededImages(split, rows, self.eval_transform, self.input_size)
+        """Logits (n, C) of ``rows`` of ``split`` through the model's eval transform
+        (under torchrun each process scores every world-th row; all get all logits)."""
+        rank, world = self.ranks.rank, self.ranks.world
+        mine = np.arange(rank, len(rows), world)
+        images = SeededImages(split, np.asarray(rows)[mine], self.eval_transform, self.input_size)
         self.model.eval()
         out = []
         batch = max(1, 2 * self.plan["micro_batch"])
         for x, _, errors in loader(
             images,
-            eval_batches(len(rows), batch),
+            eval_batches(len(mine), batch),
             num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda",
         ):
             check_batch(errors, "evaluation")
             with self._autocast():
                 out.append(self.model(x.to(self.device, non_blocking=True)).float().cpu())
-        return torch.cat(out).numpy() if out else np.zeros((0, self.data.num_classes))
+        width = self.data.num_classes
+        logits = torch.cat(out).numpy() if out else np.zeros((0, width), np.float32)
+        if not self.ranks.active:
+            return logits
+        merged = np.zeros((len(rows), width), np.float32)
+        for r, part in enumerate(gather(logits, self.ranks)):
+            merged[np.arange(r, len(rows), world)] = part
+        return merged
 
     def _metrics(self, split: Any, rows: np.ndarray) -> dict[str, float]:
         from evaluators.probe import classification_metrics
@@ -373,6 +423,17 @@ class ClassificationTrainer:
 
     def weights(self) -> Mapping[str, torch.Tensor]:
         return self.model.state_dict()
+
+
+class _Logits(torch.nn.Module):
+    """``model.logits`` as a module's forward, for DistributedDataParallel to wrap."""
+
+    def __init__(self, model: ImageClassifier) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.logits(x)
 
 
 __all__ = ["ClassificationData", "ClassificationTrainer", "updates_plan"]
