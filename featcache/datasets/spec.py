@@ -11,7 +11,9 @@ A manifest entry looks like::
       description: ...
 
 Optional fields: ``multilabel`` (false), ``task`` (classification | retrieval),
-``class_subset`` (a list of IN-1k indices or ``imagenet_a`` / ``imagenet_r``).
+``class_subset`` (a list of IN-1k indices or ``imagenet_a`` / ``imagenet_r``),
+``aliases`` (short names every command accepts, e.g. ``[roxford]`` for ``roxford5k``;
+the store and the records always use the canonical name).
 Every reader also accepts the option ``root``: a default data directory, relative to
 the YAML file, used when neither ``--data-root`` nor ``root_env`` gives one.
 """
@@ -102,6 +104,7 @@ _FIELDS = (
     "class_subset",
     "options",
     "description",
+    "aliases",
 )
 
 
@@ -120,11 +123,13 @@ class DatasetSpec:
     options: Mapping[str, Any] = field(default_factory=FrozenMap)
     description: str = ""
     source: str = ""
+    aliases: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.options, FrozenMap):
             object.__setattr__(self, "options", FrozenMap(self.options))
         object.__setattr__(self, "splits", tuple(self.splits))
+        object.__setattr__(self, "aliases", tuple(self.aliases))
         if self.class_subset is not None:
             object.__setattr__(self, "class_subset", tuple(int(k) for k in self.class_subset))
 
@@ -142,6 +147,7 @@ class DatasetSpec:
             "options": thaw(self.options),
             "description": self.description,
             "source": self.source,
+            "aliases": list(self.aliases),
         }
 
 
@@ -231,6 +237,14 @@ def spec_from_fields(name: str, fields: Mapping[str, Any]) -> DatasetSpec:
     description = fields.get("description", "")
     if not isinstance(description, str):
         raise _problem(source, name, "'description' must be a string.")
+    aliases = fields.get("aliases") or []
+    if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
+        raise _problem(source, name, "'aliases' must be a list of names.")
+    try:
+        for alias in aliases:
+            validate_name(alias, "dataset alias")
+    except BobxError as exc:
+        raise _problem(source, name, str(exc)) from exc
     return DatasetSpec(
         name=name,
         format=fmt,
@@ -243,6 +257,7 @@ def spec_from_fields(name: str, fields: Mapping[str, Any]) -> DatasetSpec:
         options=FrozenMap(options),
         description=" ".join(description.split()),
         source=source,
+        aliases=tuple(aliases),
     )
 
 
@@ -273,7 +288,7 @@ def _class_subset(raw: Any, source: str, name: str) -> tuple[int, ...] | None:
 
 
 def load_specs() -> tuple[dict[str, DatasetSpec], list[str]]:
-    """Every valid spec by name, and the problems of the invalid ones."""
+    """Every valid spec by name, and the problems of the invalid ones (aliases included)."""
     specs: dict[str, DatasetSpec] = {}
     problems: list[str] = []
     try:
@@ -285,17 +300,44 @@ def load_specs() -> tuple[dict[str, DatasetSpec], list[str]]:
             specs[name] = spec_from_fields(name, fields)
         except BobxError as exc:
             problems.append(str(exc))
+    owner: dict[str, str] = {}
+    for spec in specs.values():
+        for alias in spec.aliases:
+            if alias in entries:
+                problems.append(
+                    f"{spec.source}: alias {alias!r} of {spec.name!r} is a dataset name."
+                )
+            elif owner.setdefault(alias, spec.name) != spec.name:
+                problems.append(
+                    f"{spec.source}: alias {alias!r} of {spec.name!r} is also an alias of "
+                    f"{owner[alias]!r}."
+                )
     return specs, problems
 
 
+def _aliases(entries: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    """alias -> dataset name, read from the raw entries (first owner wins)."""
+    out: dict[str, str] = {}
+    for name, fields in entries.items():
+        raw = fields.get("aliases")
+        for alias in raw if isinstance(raw, list) else []:
+            if isinstance(alias, str) and alias not in entries:
+                out.setdefault(alias, name)
+    return out
+
+
 def get_dataset_spec(name: str) -> DatasetSpec:
-    """The spec named ``name``; UnknownNameError with near misses when there is none."""
+    """The spec named ``name`` (or one of its aliases: ``roxford`` -> ``roxford5k``);
+    UnknownNameError with near misses when there is none."""
     entries = load_entries("datasets")
+    aliases = _aliases(entries)
+    if name not in entries and name in aliases:
+        name = aliases[name]
     if name not in entries:
         raise UnknownNameError(
             "dataset",
             name,
-            entries,
+            [*entries, *aliases],
             hint="Run `bobx datasets` to list them; add your own with YAML in $BOBX_MANIFESTS.",
         )
     return spec_from_fields(name, entries[name])
