@@ -152,7 +152,8 @@ def metadata_correlations(
         scores: long scores (``backbone, task, score``; the ``task`` rows are used) or a
             frame with ``backbone, score`` only.
         meta: one row per backbone with ``backbone`` and the ``variables`` (numbers; NaN where
-            unknown), plus ``family`` (e.g. ``"vit"``, ``"cnn"``) when ``by_family``.
+            unknown), plus ``family`` (e.g. ``"vit"``, ``"cnn"``; missing ones are grouped as
+            ``"unknown"``) when ``by_family``.
         by_family: also correlate within each family.
         task: which task's score to use (default ``"overall"``).
         variables: metadata columns to correlate with.
@@ -180,7 +181,7 @@ def metadata_correlations(
     merged = sc.merge(meta[need], on="backbone", how="inner")
     groups: list[tuple[str, pd.DataFrame]] = [("all", merged)]
     if by_family:
-        fam = merged["family"].astype(str)
+        fam = merged["family"].fillna("unknown").astype(str)  # unknown: not in a catalog
         groups += [(f, merged[fam == f]) for f in sorted(fam.unique())]
     rows = []
     for variable in variables:

@@ -82,6 +82,7 @@ __all__ = [
     "overall_scores",
     "overall_task_names",
     "rank",
+    "setting_params",
     "task_order",
     "task_scores",
     "top_k",
@@ -130,7 +131,9 @@ _Z_COLUMNS = ("backbone", *SETTING_COLUMNS, "value", "higher_is_better", "z", "n
 # --------------------------------------------------------------------------------------------
 
 
-def _canonical_params(value: object) -> str:
+def setting_params(value: object) -> str:
+    """A record's ``params`` (JSON text or a mapping) as a setting sees them: canonical JSON
+    without the :data:`OUTCOME_PARAMS` (``None`` / ``''`` -> ``'{}'``)."""
     if value is None or (isinstance(value, float) and math.isnan(value)) or value == "":
         return "{}"
     if isinstance(value, Mapping):
@@ -205,7 +208,7 @@ def latest_records(df: pd.DataFrame) -> pd.DataFrame:
         raise DataError("Record values must be finite; found inf. Drop or fix that record.")
     out["value"] = values.astype(float)
     out["higher_is_better"] = _as_bool(out["higher_is_better"])
-    out["params"] = [_canonical_params(p) for p in out["params"]]
+    out["params"] = [setting_params(p) for p in out["params"]]
     out = out[out["value"].notna()]
 
     directions = out.groupby(list(SETTING_COLUMNS), sort=False)["higher_is_better"].nunique()

@@ -362,9 +362,7 @@ def oracle_bootstrap(df, *, n_boot, seed, ci, weight, overall_tasks=None):
                 reps[OVERALL][r, j] = np.mean(vals) if vals else np.nan
             else:
                 den = sum(cnts[t][r, j] for t in combined)
-                reps[OVERALL][r, j] = (
-                    sum(sums[t][r, j] for t in combined) / den if den else np.nan
-                )
+                reps[OVERALL][r, j] = sum(sums[t][r, j] for t in combined) / den if den else np.nan
     out = {}
     q = [50 * (1 - ci), 50 * (1 + ci)]
     for t, rep in reps.items():
@@ -430,12 +428,16 @@ def test_bootstrap_sanity():
 
 
 def _classification_and_speed(speed: bool) -> pd.DataFrame:
-    rows = [record(b, v, dataset=d) for d in ("d1", "d2") for b, v in zip("abc", [3.0, 2.0, 1.0])]
+    rows = [
+        record(b, v, dataset=d)
+        for d in ("d1", "d2")
+        for b, v in zip("abc", [3.0, 2.0, 1.0], strict=True)
+    ]
     if speed:  # c extracted on a much faster machine
         rows += [
             record(b, v, task="speed", metric="images_per_s", dataset=d)
             for d in ("d1", "d2")
-            for b, v in zip("abc", [10.0, 20.0, 9000.0])
+            for b, v in zip("abc", [10.0, 20.0, 9000.0], strict=True)
         ]
     return pd.DataFrame(rows)
 
@@ -460,8 +462,11 @@ def test_speed_records_cannot_move_overall(weight):
 def test_overall_covers_the_performance_tasks_whatever_job_wrote_them():
     tasks = ["classification", "detection", "segmentation", "ood_detection", "calibration",
              "robustness", "speed", "my_task"]  # fmt: skip
-    rows = [record(b, v, task=t) for t in tasks for b, v in zip("ab", [1.0, 2.0])]
-    rows += [record(b, v, params='{"protocol":"finetune"}') for b, v in zip("ab", [5.0, 1.0])]
+    rows = [record(b, v, task=t) for t in tasks for b, v in zip("ab", [1.0, 2.0], strict=True)]
+    rows += [
+        record(b, v, params='{"protocol":"finetune"}')
+        for b, v in zip("ab", [5.0, 1.0], strict=True)
+    ]
     ranked = rank(pd.DataFrame(rows), n_boot=0)
     combined = set(ranked.loc[ranked["in_overall"], "task"])
     assert combined == {"classification", "detection", "segmentation", "ood_detection", OVERALL}

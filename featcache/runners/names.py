@@ -95,3 +95,12 @@ def resolve_backbones(
         if name not in out:
             out.append(name)
     return out
+
+
+def with_canonical(names: Sequence[str] | None, kind: str) -> list[str] | None:
+    """Record filters: each name as typed plus its canonical name (``kind`` is
+    ``"backbone"`` or ``"dataset"``); None for no filter."""
+    if not names:
+        return None
+    canonical = canonical_backbone if kind == "backbone" else canonical_dataset
+    return list(dict.fromkeys(n for name in names for n in (name, canonical(name))))

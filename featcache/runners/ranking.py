@@ -54,12 +54,13 @@ def rank_store(
 def _filters(
     backbones: Sequence[str] | None, datasets: Sequence[str] | None
 ) -> dict[str, list[str] | None]:
-    """Record filters with catalog aliases resolved (``dino_vitb`` -> ``dino_vitb_in1k``)."""
-    from featcache.runners.names import canonical_backbone, canonical_dataset
+    """Record filters with catalog aliases resolved (``dino_vitb`` also finds
+    ``dino_vitb_in1k``)."""
+    from featcache.runners.names import with_canonical
 
     return {
-        "backbone": [canonical_backbone(b) for b in backbones] if backbones else None,
-        "dataset": [canonical_dataset(d) for d in datasets] if datasets else None,
+        "backbone": with_canonical(backbones, "backbone"),
+        "dataset": with_canonical(datasets, "dataset"),
     }
 
 

@@ -19,7 +19,8 @@ from typing import Any
 
 from featcache.errors import BobxError, DataError, UnknownNameError
 from featcache.records import Record, make_record
-from featcache.runners.classification import metric_records, pair_key, resolve_backbones
+from featcache.runners.classification import Backbones, metric_records, pair_key
+from featcache.runners.names import resolve_backbones, resolve_dataset
 from featcache.store import FeatureSet, Store
 
 SETTINGS = ("easy", "medium", "hard")
@@ -35,7 +36,7 @@ def _has_gnd(store: Store, dataset: str) -> bool:
 
 def run_retrieval(
     store: Store,
-    backbone: str,
+    backbone: Backbones,
     dataset: str,
     *,
     protocols: Sequence[str] = SETTINGS,
@@ -45,8 +46,10 @@ def run_retrieval(
     query_split: str | None = None,
     gallery_split: str | None = None,
 ) -> list[Record]:
-    """Retrieval metrics for one backbone (or ``all``) on ``dataset``; returns the records."""
+    """Retrieval metrics on ``dataset`` (an alias such as ``roxford`` works) for one backbone,
+    several, or every one with features of it (``None`` / ``"all"``); returns the records."""
     records: list[Record] = []
+    dataset = resolve_dataset(store, dataset)
     revisited = _has_gnd(store, dataset) and query_split is None and gallery_split is None
     for bb in resolve_backbones(store, backbone, dataset):
         if revisited:
