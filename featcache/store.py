@@ -8,6 +8,7 @@ Layout (keys are '/'-separated; every name part is a validated slug)::
         labels      (N,) int64 | (N, C) int8        same row chunks
         ids         (N,) string                     image key / relative path
         valid       (N,) bool                       False where an image was skipped
+        norms       (N,) float32                    row L2 norms (cosine search skips a pass)
         _bobx/spec.json                             create-only: cache key, shape, provenance
         _bobx/chunks/<i>.json                       create-only marker, after chunk i's data
         _bobx/complete.json                         create-only, written last: published
@@ -36,6 +37,7 @@ import numpy as np
 import zarr
 from zarr.errors import ContainsArrayError, ContainsGroupError
 
+from evaluators._search import row_norms
 from featcache import provenance
 from featcache.errors import (
     IncompleteError,
@@ -219,6 +221,23 @@ class FeatureSet:
     def labels(self) -> np.ndarray:
         return np.asarray(self._array("labels")[...])
 
+    def norms(self) -> np.ndarray:
+        """Row L2 norms, float32 (N,), exactly as ``evaluators._search.row_norms`` computes
+        them from the stored rows: read from the set's ``norms`` array (written with each
+        chunk), computed from the embeddings for sets (or chunks) written before it was."""
+        if self._store.objects.exists(f"{self.key}/norms/zarr.json"):
+            out = np.asarray(self._array("norms")[...], dtype=np.float32)
+        else:
+            out = np.full(self.n, np.nan, dtype=np.float32)
+        if np.isnan(out).any():  # not written: compute those chunks' norms
+            start = 0
+            for block in self.iter_blocks(dtype=None):
+                stop = start + block.shape[0]
+                if np.isnan(out[start:stop]).any():
+                    out[start:stop] = row_norms(block)
+                start = stop
+        return out
+
     def ids(self) -> np.ndarray:
         return np.asarray(self._array("ids")[...])
 
@@ -318,6 +337,7 @@ class FeatureWriter:
             list(ids), dtype=object
         )
         zarr.open_array(store=zs, path=f"{self.key}/valid", mode="r+")[start:stop] = valid
+        zarr.open_array(store=zs, path=f"{self.key}/norms", mode="r+")[start:stop] = row_norms(emb)
         marker = {
             "rows": [start, stop],
             "n_invalid": int((~valid).sum()),
@@ -456,6 +476,7 @@ class Store:
             ),
             ("ids", (n,), (rows,), str, "", True),
             ("valid", (n,), (rows,), "bool", False, True),
+            ("norms", (n,), (rows,), "float32", float("nan"), False),  # NaN: not written yet
         ]
         zs = self.zstore
         if not self.objects.exists(f"{key}/zarr.json"):
