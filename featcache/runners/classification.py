@@ -194,14 +194,22 @@ def run_knn(
                 f"{dataset} is multi-label; kNN classification needs one label per image."
             )
         test_x, test_y, _ = test.load()
-        train_y = train.labels()
+        train_y, norms = train.labels(), train.norms()
         if train.n_invalid:  # masked rows must not vote: load only the valid ones
             train_x, train_y, _ = train.load()
             blocks: Any = train_x
-        else:
-            blocks = train.iter_blocks()  # streamed: memory ~ one chunk + the top-k heap
+            norms = norms[train.valid()]
+        else:  # streamed as stored (fp16 read as float32 while normalising): ~ one chunk
+            blocks = train.iter_blocks(dtype=None)
         out = knn_classify(
-            blocks, train_y, test_x, test_y, ks=ks, temperature=temperature, device=device
+            blocks,
+            train_y,
+            test_x,
+            test_y,
+            ks=ks,
+            temperature=temperature,
+            device=device,
+            train_norms=norms,
         )
         for k in ks:
             params = knn_params(k, temperature, train_split)

@@ -90,7 +90,14 @@ def _revisited(
             "rows; re-extract the query split."
         )
     qx = query.embeddings()
-    out = revisited_map_streaming(qx, lambda: db.iter_blocks(), gnd, ks=tuple(ks), top_k=top_k)
+    out = revisited_map_streaming(
+        qx,
+        lambda: db.iter_blocks(dtype=None),  # as stored; read as float32 while normalising
+        gnd,
+        ks=tuple(ks),
+        top_k=top_k,
+        db_norms=db.norms(),
+    )
     params = {"protocol": "revisited", "query_crop": crop, "top_k": top_k}
     records = []
     for setting in protocols:
@@ -137,7 +144,12 @@ def _label(
         raise DataError(f"{dataset} is multi-label; label retrieval needs one label per image.")
     qx, qy, _ = query.load()
     gx, gy, _ = (qx, qy, None) if loo else gallery.load()
-    out = label_retrieval(qx, qy, gx, gy, ks=tuple(ks), exclude_self=loo, top_k=top_k)
+    norms = gallery.norms()
+    if gallery.n_invalid:  # load() dropped the masked rows
+        norms = norms[gallery.valid()]
+    out = label_retrieval(
+        qx, qy, gx, gy, ks=tuple(ks), exclude_self=loo, top_k=top_k, db_norms=norms
+    )
     params: dict[str, Any] = {
         "protocol": "label",
         "gallery": "leave-one-out" if loo else gallery.split,
