@@ -131,9 +131,19 @@ def test_cuda_search_and_knn_equal_the_cpu_path(int_data, tie_problem):
         gpu = exact_topk(q, db, k, block_rows=100, device="cuda")
         np.testing.assert_array_equal(gpu[1], cpu[1])
         np.testing.assert_array_equal(gpu[0], cpu[0])
+        # cosine with stored norms, as the runners search, equals it without on the GPU
+        # (across devices BLAS rounding of the normalised rows may differ: same device here)
+        plain = exact_topk(q, db, k, block_rows=100, metric="cosine", device="cuda")
+        stored = exact_topk(q, db, k, block_rows=100, metric="cosine", device="cuda",
+                            db_norms=row_norms(db))  # fmt: skip
+        np.testing.assert_array_equal(stored[1], plain[1])
+        np.testing.assert_array_equal(stored[0], plain[0])
     train_x, train_y, test_x, test_y = tie_problem
     cpu_knn = knn_classify(train_x, train_y, test_x, test_y, ks=(5, 50))
     assert knn_classify(train_x, train_y, test_x, test_y, ks=(5, 50), device="cuda") == cpu_knn
+    stored = knn_classify(train_x, train_y, test_x, test_y, ks=(5, 50), device="cuda",
+                          train_norms=row_norms(train_x))  # fmt: skip
+    assert stored == cpu_knn
 
 
 def test_cuda_request_without_a_gpu_says_so(int_data):

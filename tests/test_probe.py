@@ -254,6 +254,24 @@ def test_torch_backend_on_cuda_equals_cpu(problem, fits):
     np.testing.assert_allclose(gpu["weights"], cpu["weights"], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.gpu
+def test_cold_path_on_cuda_reproduces_sklearn_fits(capped):
+    import warnings
+
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    (x, y), (tx, ty) = make_problem(1, 600, 16, 4, 0.6)
+    kw = {"c_grid": 10.0 ** np.linspace(-3, 4, 8), "max_iter": 10, "seed": 1}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gpu = linear_probe(x, y, tx, ty, device="cuda", warm_start=False, **kw)
+    sk = capped["sklearn"]
+    for key in ("n_iter", "converged", "val_score"):
+        assert _curve(gpu, key) == _curve(sk, key), key
+    np.testing.assert_allclose(_curve(gpu, "objective"), _curve(sk, "objective"), rtol=1e-9)
+
+
 def test_warm_start_extrapolates_the_solution_path_in_log_c():
     from evaluators.probe import _path_start
 
