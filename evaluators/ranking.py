@@ -245,18 +245,19 @@ def _select_tasks(present: Iterable[str], tasks: Sequence[str] | str | None) -> 
     present_order = task_order(present)
     if tasks is None:
         return [t for t in present_order if t != OVERALL]
-    if isinstance(tasks, str):
-        tasks = [tasks]
-    for name in tasks:
-        if name not in present_order:
-            raise UnknownNameError(
-                "task",
-                name,
-                present_order,
-                hint="No records (or no comparable settings) for it in this data.",
-            )
-    wanted = set(tasks)
-    return [t for t in present_order if t in wanted]
+    hint = "No records (or no comparable settings) for it in this data."
+    return _pick(present_order, tasks, "task", hint)
+
+
+def _pick(order: list[str], wanted: Sequence[str] | str, kind: str, hint: str) -> list[str]:
+    """The names of ``order`` that are ``wanted`` (in ``order``'s order); each wanted name
+    must be in ``order`` (:class:`~evaluators.errors.UnknownNameError` naming ``kind``)."""
+    wanted = [wanted] if isinstance(wanted, str) else list(wanted)
+    for name in wanted:
+        if name not in order:
+            raise UnknownNameError(kind, name, order, hint=hint)
+    keep = set(wanted)
+    return [t for t in order if t in keep]
 
 
 def overall_task_names(
@@ -271,20 +272,10 @@ def overall_task_names(
     names = [t for t in task_order(ranked) if t != OVERALL]
     if overall_tasks is None:
         return [t for t in names if t in PERFORMANCE_TASKS]
-    if isinstance(overall_tasks, str):
-        if overall_tasks == "all":
-            return names
-        overall_tasks = [overall_tasks]
-    for name in overall_tasks:
-        if name not in names:
-            raise UnknownNameError(
-                "task for overall",
-                name,
-                names,
-                hint="'overall' combines ranked tasks only (or pass 'all').",
-            )
-    wanted = set(overall_tasks)
-    return [t for t in names if t in wanted]
+    if overall_tasks == "all":
+        return names
+    hint = "'overall' combines ranked tasks only (or pass 'all')."
+    return _pick(names, overall_tasks, "task for overall", hint)
 
 
 # --------------------------------------------------------------------------------------------

@@ -27,7 +27,14 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from featcache.catalog import FrozenMap, check_known_fields, load_entries, manifest_problem, thaw
+from featcache.catalog import (
+    FrozenMap,
+    alias_problems,
+    check_known_fields,
+    load_entries,
+    manifest_problem,
+    thaw,
+)
 from featcache.errors import BobxError, UnknownNameError, suggest
 from featcache.names import validate_name
 
@@ -166,14 +173,9 @@ def spec_from_fields(name: str, fields: Mapping[str, Any]) -> DatasetSpec:
         raise _problem(
             source, name, f"unknown format {fmt!r}.{hint} Formats: {', '.join(sorted(FORMATS))}."
         )
-    splits = fields.get("splits")
-    if not isinstance(splits, list) or not splits:
+    splits = _names(fields, "splits", "split", source, name)
+    if not splits:
         raise _problem(source, name, "'splits' must be a non-empty list of split names.")
-    try:
-        for split in splits:
-            validate_name(split, "split")
-    except BobxError as exc:
-        raise _problem(source, name, str(exc)) from exc
     if len(set(splits)) != len(splits):
         raise _problem(source, name, "'splits' lists a split twice.")
     num_classes = fields.get("num_classes")
@@ -237,14 +239,7 @@ def spec_from_fields(name: str, fields: Mapping[str, Any]) -> DatasetSpec:
     description = fields.get("description", "")
     if not isinstance(description, str):
         raise _problem(source, name, "'description' must be a string.")
-    aliases = fields.get("aliases") or []
-    if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
-        raise _problem(source, name, "'aliases' must be a list of names.")
-    try:
-        for alias in aliases:
-            validate_name(alias, "dataset alias")
-    except BobxError as exc:
-        raise _problem(source, name, str(exc)) from exc
+    aliases = _names(fields, "aliases", "dataset alias", source, name)
     return DatasetSpec(
         name=name,
         format=fmt,
@@ -259,6 +254,19 @@ def spec_from_fields(name: str, fields: Mapping[str, Any]) -> DatasetSpec:
         source=source,
         aliases=tuple(aliases),
     )
+
+
+def _names(fields: Mapping[str, Any], key: str, kind: str, source: str, name: str) -> list[str]:
+    """A manifest field holding a list of valid names (missing: empty)."""
+    raw = fields.get(key) or []
+    if not isinstance(raw, list) or not all(isinstance(v, str) for v in raw):
+        raise _problem(source, name, f"{key!r} must be a list of names.")
+    try:
+        for value in raw:
+            validate_name(value, kind)
+    except BobxError as exc:
+        raise _problem(source, name, str(exc)) from exc
+    return raw
 
 
 def _class_subset(raw: Any, source: str, name: str) -> tuple[int, ...] | None:
@@ -300,18 +308,8 @@ def load_specs() -> tuple[dict[str, DatasetSpec], list[str]]:
             specs[name] = spec_from_fields(name, fields)
         except BobxError as exc:
             problems.append(str(exc))
-    owner: dict[str, str] = {}
-    for spec in specs.values():
-        for alias in spec.aliases:
-            if alias in entries:
-                problems.append(
-                    f"{spec.source}: alias {alias!r} of {spec.name!r} is a dataset name."
-                )
-            elif owner.setdefault(alias, spec.name) != spec.name:
-                problems.append(
-                    f"{spec.source}: alias {alias!r} of {spec.name!r} is also an alias of "
-                    f"{owner[alias]!r}."
-                )
+    entries_aliases = [(s.name, s.aliases, s.source) for s in specs.values()]
+    problems += alias_problems(entries_aliases, entries, "dataset")
     return specs, problems
 
 
