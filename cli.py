@@ -391,6 +391,8 @@ def probe_cmd(
     """Linear probe: DINOv2 logistic regression (45-value C sweep, refit) or CLIP_benchmark."""
     if fraction is not None and shots is not None:
         raise typer.BadParameter("pass --fraction or --shots, not both")
+    if eval_on and dataset is None:
+        raise typer.BadParameter("--eval-on needs --dataset (the probe's training set)")
     clip = protocol is ProbeProtocol.clip_benchmark
     if clip and not warm_start:
         raise typer.BadParameter("--no-warm-start belongs to --protocol dinov2")
