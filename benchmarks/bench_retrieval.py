@@ -114,13 +114,15 @@ def versus_sgemm(args: argparse.Namespace, q: np.ndarray, db: np.ndarray) -> dic
     for run in runs.values():  # warm-up: imports, thread pools, page faults of `out`
         run()
     best = dict.fromkeys(runs, float("inf"))
-    for _ in range(args.repeat):
-        for name, run in runs.items():
-            # BLAS / OpenMP pools busy-wait a while after their work: let the previous
-            # contender's threads go idle first, so that no run pays for another's
+    names = list(runs)
+    for r in range(args.repeat):
+        # the order rotates: whatever the run after the 400 MiB sgemm output pays (page
+        # reclaim, write-back) falls on each contender alike; and BLAS / OpenMP pools
+        # busy-wait a while after their work, so each run starts after a pause
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             time.sleep(0.3)
             t0 = time.perf_counter()
-            run()
+            runs[name]()
             best[name] = min(best[name], time.perf_counter() - t0)
     return best
 
