@@ -31,6 +31,9 @@ from featcache.store import FeatureSet, Store
 
 #: A backbone argument of a runner: one name, several, or None for every one with features.
 Backbones = str | Sequence[str] | None
+#: Rows per block when a search streams a feature set (chunk-aligned): few, large blocks,
+#: each one search call (memory ~ one block: 96 MiB of 768-d fp16, twice that normalised).
+SEARCH_BLOCK_ROWS = 65536
 
 #: The probe protocol's name in records; the C grid is DINOv2's 10**linspace(-6, 5, 45).
 PROBE_PROTOCOL = "dinov2_logreg"
@@ -200,7 +203,7 @@ def run_knn(
             blocks: Any = train_x
             norms = norms[train.valid()]
         else:  # streamed as stored (fp16 read as float32 while normalising): ~ one chunk
-            blocks = train.iter_blocks(dtype=None)
+            blocks = train.iter_blocks(block_rows=SEARCH_BLOCK_ROWS, dtype=None)
         out = knn_classify(
             blocks,
             train_y,

@@ -19,7 +19,12 @@ from typing import Any
 
 from featcache.errors import BobxError, DataError, UnknownNameError
 from featcache.records import Record, make_record
-from featcache.runners.classification import Backbones, metric_records, pair_key
+from featcache.runners.classification import (
+    SEARCH_BLOCK_ROWS,
+    Backbones,
+    metric_records,
+    pair_key,
+)
 from featcache.runners.names import resolve_backbones, resolve_dataset
 from featcache.store import FeatureSet, Store
 
@@ -92,7 +97,7 @@ def _revisited(
     qx = query.embeddings()
     out = revisited_map_streaming(
         qx,
-        lambda: db.iter_blocks(dtype=None),  # as stored; read as float32 while normalising
+        lambda: db.iter_blocks(block_rows=SEARCH_BLOCK_ROWS, dtype=None),  # as stored
         gnd,
         ks=tuple(ks),
         top_k=top_k,
