@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -236,11 +237,12 @@ def results_cmd(
 ) -> None:
     """Show or export result records."""
     from featcache.io import write_results
+    from featcache.runners.names import with_canonical
 
     df = _store(store).results(
-        backbone=backbone or None,
+        backbone=with_canonical(backbone, "backbone"),
         task=task or None,
-        dataset=dataset or None,
+        dataset=with_canonical(dataset, "dataset"),
         metric=metric or None,
         split=split or None,
     )
@@ -336,11 +338,64 @@ def retract_cmd(
 
 
 # --------------------------------------------------------------------------- classification
-BackboneOpt = Annotated[str, typer.Option(help="Backbone name, or `all` (every cached one).")]
-DatasetOpt = Annotated[str, typer.Option(help="Dataset name.")]
+BackboneOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        help="Backbone name or alias (repeatable; default: every backbone with complete "
+        "features of the dataset).",
+        show_default=False,
+    ),
+]
+DatasetOpt = Annotated[str, typer.Option(help="Dataset name or alias (see `bobx datasets`).")]
+BareDatasetOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Dataset name or alias. Omitted (with --backbone omitted too): evaluate every "
+        "(backbone, dataset) of the store not yet evaluated with these knobs.",
+        show_default=False,
+    ),
+]
 TestSplitOpt = Annotated[
     str | None, typer.Option(help="Evaluation split (default: test, else val).")
 ]
+
+
+def _backbones(names: list[str] | None) -> list[str] | None:
+    """``--backbone`` values; ``all`` (the old spelling) means every backbone, as omitting it."""
+    if not names or names == ["all"]:
+        return None
+    return names
+
+
+def _evaluate(
+    command: str,
+    store: str | None,
+    backbone: list[str] | None,
+    dataset: str | None,
+    as_json: bool,
+    **knobs: Any,
+) -> None:
+    """One evaluator command: on ``dataset`` (all or the named backbones), or, with neither
+    given, on everything in the store not evaluated yet; prints the records written (what
+    ran, what was skipped and why: one line each on stderr)."""
+    from featcache.runners.pending import COMMANDS, run_pending
+
+    st = _store(store)
+    if dataset is not None:
+        _print_records(COMMANDS[command][1](st, _backbones(backbone), dataset, **knobs), as_json)
+        return
+    if _backbones(backbone) is not None:
+        raise typer.BadParameter(
+            "pass --dataset with --backbone (or neither: every pair not evaluated yet)",
+            param_hint="--dataset",
+        )
+    result = run_pending(st, command, **knobs)
+    for outcome in result.outcomes:
+        typer.echo(outcome.line(), err=True)
+    typer.echo(result.summary(), err=True)
+    _print_records(result.records, as_json)
+    if result.failed:
+        raise BobxError(f"{len(result.failed)} pair(s) failed; see the lines above.")
 
 
 def _int_list(text: str, option: str) -> list[int]:
@@ -369,8 +424,8 @@ class ProbeBackend(StrEnum):
 
 @app.command("knn")
 def knn_cmd(
-    backbone: BackboneOpt,
-    dataset: DatasetOpt,
+    backbone: BackboneOpt = None,
+    dataset: BareDatasetOpt = None,
     k: Annotated[str, typer.Option(help="Neighbour counts, comma-separated.")] = "10,20,100,200",
     temperature: Annotated[float, typer.Option(help="Weight exp(s / T).")] = 0.07,
     train_split: Annotated[str, typer.Option(help="Split searched.")] = "train",
@@ -380,25 +435,24 @@ def knn_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """DINO-weighted kNN classification on cached features (top-1 / top-5 per k)."""
-    from featcache.runners.classification import run_knn
-
-    records = run_knn(
-        _store(store),
+    _evaluate(
+        "knn",
+        store,
         backbone,
         dataset,
+        as_json,
         ks=_int_list(k, "--k"),
         temperature=temperature,
         train_split=train_split,
         test_split=test_split,
         device=device,
     )
-    _print_records(records, as_json)
 
 
 @app.command("probe")
 def probe_cmd(
-    backbone: BackboneOpt,
-    dataset: DatasetOpt,
+    backbone: BackboneOpt = None,
+    dataset: BareDatasetOpt = None,
     fraction: Annotated[
         float | None, typer.Option(help="Low-shot: stratified fraction of train (0.01, 0.1).")
     ] = None,
@@ -422,6 +476,13 @@ def probe_cmd(
         ProbeProtocol,
         typer.Option(help="dinov2: L-BFGS over 45 C; clip_benchmark: AdamW over weight decay."),
     ] = ProbeProtocol.dinov2,
+    warm_start: Annotated[
+        bool,
+        typer.Option(
+            help="dinov2: start each C from the solution path (fewer iterations); "
+            "--no-warm-start fits every C from zero, DINOv2's cold path."
+        ),
+    ] = True,
     lr: Annotated[float, typer.Option(help="clip_benchmark: AdamW learning rate.")] = 0.1,
     epochs: Annotated[int, typer.Option(help="clip_benchmark: training epochs.")] = 10,
     batch_size: Annotated[int, typer.Option(help="clip_benchmark: mini-batch size.")] = 64,
@@ -429,14 +490,19 @@ def probe_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Linear probe: DINOv2 logistic regression (45-value C sweep, refit) or CLIP_benchmark."""
-    from featcache.runners.classification import run_probe
-
     if fraction is not None and shots is not None:
         raise typer.BadParameter("pass --fraction or --shots, not both")
-    records = run_probe(
-        _store(store),
+    if eval_on and dataset is None:
+        raise typer.BadParameter("--eval-on needs --dataset (the probe's training set)")
+    clip = protocol is ProbeProtocol.clip_benchmark
+    if clip and not warm_start:
+        raise typer.BadParameter("--no-warm-start belongs to --protocol dinov2")
+    _evaluate(
+        "probe",
+        store,
         backbone,
         dataset,
+        as_json,
         fraction=fraction,
         shots=shots,
         seed=seed,
@@ -451,14 +517,14 @@ def probe_cmd(
         lr=lr,
         epochs=epochs,
         batch_size=batch_size,
+        **({} if clip else {"warm_start": warm_start}),
     )
-    _print_records(records, as_json)
 
 
 @app.command("calibrate")
 def calibrate_cmd(
-    backbone: BackboneOpt,
-    dataset: DatasetOpt,
+    backbone: BackboneOpt = None,
+    dataset: BareDatasetOpt = None,
     run: Annotated[
         str, typer.Option(help="Probe run: full, frac0.1-seed0, shots10-seed0.")
     ] = "full",
@@ -471,18 +537,17 @@ def calibrate_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """ECE (15 bins), NLL and Brier of a stored probe's test predictions."""
-    from featcache.runners.classification import run_calibration
-
-    records = run_calibration(
-        _store(store),
+    _evaluate(
+        "calibrate",
+        store,
         backbone,
         dataset,
+        as_json,
         run=run,
         n_bins=n_bins,
         temperature_scale=temperature_scale,
         plot=None if plot is None else str(plot),
     )
-    _print_records(records, as_json)
 
 
 # --------------------------------------------------------------------------- retrieval
@@ -493,8 +558,8 @@ class QueryCrop(StrEnum):
 
 @app.command("retrieve")
 def retrieve_cmd(
-    backbone: BackboneOpt,
     dataset: DatasetOpt,
+    backbone: BackboneOpt = None,
     protocol: Annotated[
         str, typer.Option(help="Revisited settings, comma-separated.")
     ] = "easy,medium,hard",
@@ -517,7 +582,7 @@ def retrieve_cmd(
 
     records = run_retrieval(
         _store(store),
-        backbone,
+        _backbones(backbone),
         dataset,
         protocols=[p.strip() for p in protocol.split(",") if p.strip()],
         query_crop=query_crop.value,
@@ -792,6 +857,35 @@ class Weight(StrEnum):
     setting = "setting"
 
 
+OverallTasksOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Tasks 'overall' combines, comma-separated, or `all` (default: the paper's "
+        "performance tasks: classification, detection, segmentation, retrieval, "
+        "ood_classification, ood_detection).",
+        show_default=False,
+    ),
+]
+
+
+def _overall_tasks(text: str | None) -> list[str] | str | None:
+    if text is None or text.strip() == "all":
+        return None if text is None else "all"
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise typer.BadParameter("expected task names or `all`", param_hint="--overall-tasks")
+    return names
+
+
+def _overall_line(combined: list[str], ranked: list[str]) -> str:
+    """Which tasks 'overall' combines and which are ranked on their own rows only."""
+    own = [t for t in ranked if t not in combined]
+    if not combined:
+        return "no overall: none of the ranked tasks is one it combines (see --overall-tasks)"
+    tail = f"; ranked on their own only: {', '.join(own)}" if own else ""
+    return f"overall = mean of {', '.join(combined)}{tail}"
+
+
 @app.command("rank")
 def rank_cmd(
     task: Annotated[list[str] | None, typer.Option(help="Rank these tasks (repeatable).")] = None,
@@ -803,6 +897,7 @@ def rank_cmd(
         Weight, typer.Option(help="overall = mean of task scores, or of all settings.")
     ] = Weight.task,
     min_tasks: Annotated[int, typer.Option(help="Overall: backbones in >= this many tasks.")] = 1,
+    overall_tasks: OverallTasksOpt = None,
     top: Annotated[int, typer.Option(help="Backbones per task in the summary.")] = 3,
     csv: Annotated[Path | None, typer.Option(help="Also write the full ranking as CSV.")] = None,
     store: StoreOpt = None,
@@ -820,13 +915,17 @@ def rank_cmd(
         seed=seed,
         weight=weight.value,
         min_tasks=min_tasks,
+        overall_tasks=_overall_tasks(overall_tasks),
     )
     if csv is not None:
         ranked.to_csv(csv, index=False)
-    if as_json:
+    if as_json:  # every row says whether its task is in overall (in_overall)
         typer.echo(ranked.to_json(orient="records", indent=2))
         return
     from rich.table import Table
+
+    tasks = list(dict.fromkeys(t for t in ranked["task"] if t != "overall"))
+    combined = [t for t in tasks if ranked.loc[ranked["task"] == t, "in_overall"].any()]
 
     table = Table("task", "rank", "backbone", "score", f"{95}% CI", "P(first)", "settings")
     for row in ranked.itertuples():
@@ -837,7 +936,9 @@ def rank_cmd(
         table.add_row(
             row.task, str(row.rank), row.backbone, f"{row.score:+.3f}", ci, pf, str(row.n_settings)
         )
-    _console().print(table)
+    console = _console()
+    console.print(table)
+    console.print(_overall_line(combined, tasks))
 
 
 @app.command("correlate")
@@ -850,13 +951,20 @@ def correlate_cmd(
         str | None, typer.Option(help="TASK_X,TASK_Y: a two-task scatter (paper Fig. 1).")
     ] = None,
     scatter_plot: Annotated[Path, typer.Option(help="Where --scatter goes.")] = Path("scatter.png"),
+    overall_tasks: OverallTasksOpt = None,
     store: StoreOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Spearman correlations between tasks and with backbone metadata (ViT vs CNN)."""
     from featcache.runners.ranking import correlate_store
 
-    out = correlate_store(_store(store), tasks=task, backbones=backbone, datasets=dataset)
+    out = correlate_store(
+        _store(store),
+        tasks=task,
+        backbones=backbone,
+        datasets=dataset,
+        overall_tasks=_overall_tasks(overall_tasks),
+    )
     if plot is not None:
         from evaluators.correlation import plot_task_heatmap
 
@@ -870,12 +978,16 @@ def correlate_cmd(
         plot_scatter(out["scores"], task_x, task_y, scatter_plot)
     if as_json:
         payload = {k: json.loads(out[k].to_json(orient="records")) for k in ("tasks", "metadata")}
+        payload |= {"metadata_task": out["metadata_task"], "overall_tasks": out["overall_tasks"]}
         _echo_json(payload)
         return
     typer.echo("Task-task Spearman correlations across backbones:")
     typer.echo(out["tasks"].to_string(index=False, float_format="%.3f"))
-    typer.echo("\nOverall score vs backbone metadata (by architecture family):")
+    what = "Overall" if out["metadata_task"] == "overall" else f"{out['metadata_task']!r}"
+    typer.echo(f"\n{what} score vs backbone metadata (by architecture family):")
     typer.echo(out["metadata"].to_string(index=False, float_format="%.3f"))
+    if out["overall_tasks"]:
+        typer.echo(f"(overall = mean of {', '.join(out['overall_tasks'])})")
 
 
 # --------------------------------------------------------------------------- report
@@ -1321,10 +1433,13 @@ def datasets_cmd(as_json: JsonOpt = False) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("name", "format", "splits", "classes", "task", "data root", "description")
+    table = Table(
+        "name", "aliases", "format", "splits", "classes", "task", "data root", "description"
+    )
     for s in specs:
         table.add_row(
             s.name,
+            ", ".join(s.aliases) or "-",
             s.format,
             ", ".join(s.splits),
             str(s.num_classes or "-"),
@@ -1516,8 +1631,19 @@ def detect_cmd(
 
 
 # --------------------------------------------------------------------------- entry point
+def _one_line_warning(message: Any, category: type[Warning], *args: Any, **kw: Any) -> str:
+    """bobx's own warnings as ``warning: ...`` (one line, like ``error: ...``)."""
+    if category.__module__.split(".")[0] in ("evaluators", "featcache"):
+        return f"warning: {message}\n"
+    return _default_formatwarning(message, category, *args, **kw)
+
+
+_default_formatwarning = warnings.formatwarning
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry: user errors become one line and exit status 2."""
+    warnings.formatwarning = _one_line_warning
     try:
         app(args=argv, standalone_mode=True)
     except BobxError as exc:

@@ -63,6 +63,7 @@ def knn_classify(
     num_classes: int | None = None,
     block_rows: int = 65536,
     device: str = "cpu",
+    train_norms: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """DINO weighted kNN accuracy of ``test_x`` against ``train_x``.
 
@@ -87,6 +88,9 @@ def knn_classify(
         Training rows searched at a time (memory bound), see ``exact_topk``.
     device : {"cpu", "cuda"}, keyword-only
         Where the neighbour search runs.
+    train_norms : array of shape (n_train,), optional, keyword-only
+        The training rows' L2 norms (``evaluators._search.row_norms``, as a store
+        keeps them): the search then skips computing them. Same result as without.
 
     Returns
     -------
@@ -125,7 +129,13 @@ def knn_classify(
     seen = [0]
     database = train_x if shape is not None else _counted(train_x, seen)
     sims, idx = exact_topk(
-        test_x, database, max(ks_eff), block_rows=block_rows, metric="cosine", device=device
+        test_x,
+        database,
+        max(ks_eff),
+        block_rows=block_rows,
+        metric="cosine",
+        device=device,
+        db_norms=train_norms,
     )
     if shape is None and seen[0] != n_train:
         raise ShapeError(

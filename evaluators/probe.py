@@ -29,6 +29,14 @@ Documented choices and deviations:
   starts, not the optimum; with ``dtype="float32"`` the ``ftol`` rule becomes
   ``eps(float32)``. ``"cuml"`` uses cuML's L-BFGS (GPU) when importable
   (``penalty_normalized=True``: sklearn's C).
+* Convergence is reported, never hidden: each sweep point carries ``n_iter``,
+  ``converged`` and the ``objective`` reached, ``n_unconverged`` counts the fits
+  that stopped at ``max_iter``, and a :class:`ProbeConvergenceWarning` says when
+  the chosen C, its runner-up or the refit did not converge. Where fits hit
+  ``max_iter`` (large C on features that are nearly separable), warm starts
+  reach lower objectives than cold ones, so the two paths can choose different
+  C values; ``warm_start=False`` fits every C from zero, as DINOv2 and
+  scikit-learn do.
 * Features are not standardised (the protocol's objective is on raw features).
 * ``sweep_patience`` (off by default) stops the sweep after that many C values
   in a row without a better validation score; a deviation, recorded in the result.
@@ -59,6 +67,7 @@ __all__ = [
     "DEFAULT_C_GRID",
     "HIGHER_IS_BETTER",
     "PROTOCOLS",
+    "ProbeConvergenceWarning",
     "classification_metrics",
     "linear_probe",
     "sample_fraction",
@@ -94,6 +103,10 @@ HIGHER_IS_BETTER: dict[str, bool] = {
 
 class ProbeError(BobxError):
     """Probe options that do not fit together or data a probe cannot be fitted on."""
+
+
+class ProbeConvergenceWarning(UserWarning):
+    """The C chosen by the sweep (or its runner-up, or the refit) stopped at ``max_iter``."""
 
 
 # ------------------------------------------------------------------ sampling helpers
@@ -329,10 +342,39 @@ def _macro_auc(scores: np.ndarray, y: np.ndarray) -> float:
 
 
 class _Fit:
-    """One fitted model: weights (n_out, D), bias (n_out,), iterations, converged."""
+    """One fitted model: weights (n_out, D), bias (n_out,), iterations, whether the solver
+    stopped on its tolerance before ``max_iter`` (None: no such notion, AdamW's fixed
+    schedule) and the objective reached (:func:`_objective`'s scale; None for AdamW)."""
 
-    def __init__(self, w: np.ndarray, b: np.ndarray, n_iter: int, converged: bool) -> None:
+    def __init__(
+        self,
+        w: np.ndarray,
+        b: np.ndarray,
+        n_iter: int,
+        converged: bool | None,
+        objective: float | None = None,
+    ) -> None:
         self.w, self.b, self.n_iter, self.converged = w, b, n_iter, converged
+        self.objective = objective
+
+
+def _objective(x: np.ndarray, task: _Task, t: np.ndarray, C: float, w: np.ndarray, b: np.ndarray):
+    """The L-BFGS objective per sample, float64, as scikit-learn's solver sees it:
+    ``mean_i CE(x_i W^T + b, y_i) + ||W||^2 / (2 C n)`` (sigmoid outputs: the sum over
+    outputs of each output's own objective; an output with a constant label and infinite
+    bias contributes 0)."""
+    x = np.asarray(x, dtype=np.float64)
+    n = x.shape[0]
+    finite = np.isfinite(b)
+    z = x @ w[finite].T + b[finite]
+    if task.mode == "softmax":
+        top = z.max(axis=1, keepdims=True)
+        lse = np.log(np.exp(z - top).sum(axis=1)) + top[:, 0]
+        loss = float(np.sum(lse - z[np.arange(n), t]))
+    else:
+        y = t[:, finite]
+        loss = float(np.sum(np.logaddexp(0.0, z) - y * z))
+    return loss / n + float(np.sum(w[finite] ** 2)) / (2.0 * C * n)
 
 
 class _SklearnBackend:
@@ -372,7 +414,8 @@ class _SklearnBackend:
             bs.append(np.asarray(est.intercept_, dtype=np.float64).reshape(-1))
             iters.append(int(np.max(est.n_iter_)))
         n_iter = max(iters)
-        return _Fit(np.concatenate(ws), np.concatenate(bs), n_iter, n_iter < self.max_iter)
+        w, b = np.concatenate(ws), np.concatenate(bs)
+        return _Fit(w, b, n_iter, n_iter < self.max_iter, _objective(x, task, t, C, w, b))
 
 
 class _CumlBackend(_SklearnBackend):
@@ -426,12 +469,18 @@ def _cold_start(task: _Task, t: np.ndarray, dim: int) -> np.ndarray:
 
 
 class _TorchBackend:
-    """Loss/gradient in torch (CPU or CUDA), scipy L-BFGS-B with sklearn's settings."""
+    """Loss/gradient in torch (CPU or CUDA), scipy L-BFGS-B with sklearn's settings.
+
+    ``warm=True`` (the default): the sweep starts each C from the solution path (see
+    :func:`_path_start`), its first C from :func:`_cold_start`. ``warm=False``: every fit
+    starts from zero, as scikit-learn's and DINOv2's (cuML's) fits do."""
 
     name = "torch"
-    warm = True
 
-    def __init__(self, *, max_iter: int, tol: float, device: str, dtype: str) -> None:
+    def __init__(
+        self, *, max_iter: int, tol: float, device: str, dtype: str, warm: bool = True
+    ) -> None:
+        self.warm = bool(warm)
         try:
             import torch
         except ImportError as exc:  # pragma: no cover - torch is a dependency
@@ -508,7 +557,10 @@ class _TorchBackend:
             grad = torch.cat([gW / n + reg * W, (gb / n)[:, None]], dim=1)
             return float(loss), grad.double().cpu().numpy().ravel()
 
-        x0 = _cold_start(task, t, dim) if init is None else np.asarray(init, np.float64).ravel()
+        if init is not None:
+            x0 = np.asarray(init, np.float64).ravel()
+        else:
+            x0 = _cold_start(task, t, dim) if self.warm else np.zeros(m * (dim + 1))
         with self._runtime(n * dim * m):
             res = minimize(
                 loss_grad,
@@ -524,7 +576,8 @@ class _TorchBackend:
             )
         theta = res.x.reshape(m, dim + 1)
         n_iter = int(res.nit)
-        return _Fit(theta[:, :dim].copy(), theta[:, dim].copy(), n_iter, n_iter < self.max_iter)
+        converged = n_iter < self.max_iter
+        return _Fit(theta[:, :dim].copy(), theta[:, dim].copy(), n_iter, converged, float(res.fun))
 
     @contextlib.contextmanager
     def _runtime(self, work: int) -> Iterator[None]:
@@ -617,19 +670,31 @@ class _AdamWBackend:
                     opt.step()
         w = layer.weight.detach().double().cpu().numpy()
         b = layer.bias.detach().double().cpu().numpy()
-        return _Fit(w, b, steps, True)
+        return _Fit(w, b, steps, None)
+
+
+def _point(key: str, value: float, score: float, fit: _Fit) -> dict[str, Any]:
+    """One sweep point: the swept value, its validation score and how the fit ended."""
+    return {
+        key: float(value),
+        "val_score": float(score),
+        "n_iter": int(fit.n_iter),
+        "converged": fit.converged,
+        "objective": fit.objective,
+    }
 
 
 def _c_sweep(
     fit_one: Any, grid: np.ndarray, score: Any, *, warm: bool, patience: int | None
-) -> tuple[tuple[float, float, _Fit], list[tuple[float, float]]]:
+) -> tuple[tuple[float, float, _Fit], list[dict[str, Any]]]:
     """The DINOv2 sweep: C ascending, the first best validation score wins.
 
     Warm backends start each C from the solution path extrapolated in log C
     (:func:`_path_start`). ``patience`` stops after that many C values in a row
-    without a better score. Returns ``((C, score, fit), [(C, score), ...])``.
+    without a better score. Returns ``((C, score, fit), points)``, one
+    :func:`_point` per fitted C.
     """
-    sweep: list[tuple[float, float]] = []
+    sweep: list[dict[str, Any]] = []
     best: tuple[float, float, _Fit] | None = None
     since_best = 0
     path: list[tuple[float, np.ndarray]] = []  # (log C, parameters) of the last three fits
@@ -637,7 +702,7 @@ def _c_sweep(
         fit = fit_one(C, _path_start(path, math.log(C)) if warm else None)
         path = [*path[-2:], (math.log(C), _TorchBackend.init_from(fit))]
         value = score(fit)
-        sweep.append((float(C), value))
+        sweep.append(_point("C", C, value, fit))
         if best is None or value > best[1]:  # strict: ties keep the smaller C
             best, since_best = (float(C), value, fit), 0
         else:
@@ -650,7 +715,7 @@ def _c_sweep(
 
 def _clip_sweep(
     fit_one: Any, score: Any
-) -> tuple[int, list[tuple[float, float]], dict[int, tuple[float, _Fit]]]:
+) -> tuple[int, list[dict[str, Any]], dict[int, tuple[float, _Fit]]]:
     """CLIP_benchmark's coarse-to-fine weight-decay search over :data:`CLIP_WD_GRID`.
 
     The 7 coarse points first, then ``[peak - s, peak, peak + s]`` (clipped to the
@@ -660,7 +725,7 @@ def _clip_sweep(
     fitted once and re-used when a round asks for it again.
     """
     done: dict[int, tuple[float, _Fit]] = {}
-    sweep: list[tuple[float, float]] = []
+    sweep: list[dict[str, Any]] = []
 
     def find_peak(idxs: Sequence[int]) -> int:
         best_idx, best_acc = 0, 0.0
@@ -668,7 +733,7 @@ def _clip_sweep(
             if idx not in done:
                 fit = fit_one(float(CLIP_WD_GRID[idx]))
                 done[idx] = (score(fit), fit)
-                sweep.append((float(CLIP_WD_GRID[idx]), done[idx][0]))
+                sweep.append(_point("weight_decay", CLIP_WD_GRID[idx], done[idx][0], fit))
             if best_acc < done[idx][0]:
                 best_idx, best_acc = idx, done[idx][0]
         return best_idx
@@ -688,18 +753,20 @@ _BACKEND_CLASSES: dict[str, type] = {
 }
 
 
-def _make_backend(backend: str, **kw: Any) -> Any:
+def _make_backend(backend: str, *, warm: bool = True, **kw: Any) -> Any:
     if backend not in BACKENDS:
         raise UnknownNameError("backend", backend, BACKENDS)
     if kw["dtype"] not in _DTYPES:
         raise UnknownNameError("dtype", kw["dtype"], _DTYPES)
     if backend == "auto":
         try:
-            return _TorchBackend(**kw)
+            return _TorchBackend(warm=warm, **kw)
         except UnavailableError:
             if kw["device"] != "cpu":
                 raise
             return _SklearnBackend(**kw)
+    if backend == "torch":
+        return _TorchBackend(warm=warm, **kw)
     return _BACKEND_CLASSES[backend](**kw)
 
 
@@ -726,6 +793,7 @@ def linear_probe(
     tol: float = 1e-12,
     num_classes: int | None = None,
     sweep_patience: int | None = None,
+    warm_start: bool = True,
     protocol: str = "dinov2",
     lr: float = 0.1,
     epochs: int = 10,
@@ -768,14 +836,18 @@ def linear_probe(
     sweep_patience : int, optional, keyword-only
         Stop the sweep after this many C values without a better validation
         score (deviation from the protocol; default None = full sweep).
+    warm_start : bool, keyword-only
+        Torch backend: start each C from the solution path (default; fewer
+        iterations, and lower objectives where fits hit ``max_iter``). False
+        fits every C from zero, DINOv2's (and scikit-learn's) cold path.
     protocol : {"dinov2", "clip_benchmark"}, keyword-only
         ``"clip_benchmark"``: features are L2-normalised and a linear layer is
         trained with AdamW (``lr``, ``epochs``, ``batch_size``; defaults 0.1, 10,
         64 as in CLIP_benchmark) for each weight decay of its coarse-to-fine
         search over ``logspace(-6, 2, 97)`` (19 fits, fewer when points repeat),
         chosen on validation top-1; single-label only. ``backend``, ``dtype``,
-        ``c_grid``, ``max_iter``, ``tol`` and ``sweep_patience`` belong to the
-        DINOv2 protocol and must stay at their defaults.
+        ``c_grid``, ``max_iter``, ``tol``, ``sweep_patience`` and ``warm_start``
+        belong to the DINOv2 protocol and must stay at their defaults.
     lr, epochs, batch_size : keyword-only
         CLIP_benchmark protocol only.
 
@@ -787,9 +859,12 @@ def linear_probe(
         ``"val_top1"`` at the chosen C; multi-label ``"macro_auc"`` and
         ``"val_macro_auc"``.
         Model: ``"C"`` (float; None for CLIP_benchmark), ``"weight_decay"``
-        (CLIP_benchmark's choice; None for DINOv2), ``"sweep"`` (list of
-        ``(C or weight decay, val_score)`` tuples in fitting order, the val score
-        being top-1, or macro AUC for multi-label), ``"weights"``
+        (CLIP_benchmark's choice; None for DINOv2), ``"sweep"`` (one dict per
+        fit, in fitting order: ``"C"`` or ``"weight_decay"``, ``"val_score"``
+        (top-1, or macro AUC for multi-label), ``"n_iter"``, ``"converged"``
+        (stopped on its tolerance before ``max_iter``; None for AdamW's fixed
+        schedule) and ``"objective"`` (the L-BFGS objective reached, per sample:
+        mean cross-entropy + ||W||^2 / (2 C n); None for AdamW)), ``"weights"``
         (n_classes, d) and ``"bias"`` (n_classes,) float64 ndarrays,
         ``"test_logits"`` and ``"test_probs"`` (n_test, n_classes) ndarrays
         (softmax, or per-label sigmoid for multi-label).
@@ -801,8 +876,13 @@ def linear_probe(
         ``"holdout"``, ``"fraction"``, ``"shots"``, ``"sweep_patience"``,
         ``"protocol"``, ``"l2_normalized"`` (True when the weights apply to
         L2-normalised features: CLIP_benchmark), ``"lr"``, ``"epochs"``,
-        ``"batch_size"`` (the last three None for DINOv2), ``"n_iter"`` (L-BFGS iterations or AdamW steps) and
-        ``"converged"`` (final fit).
+        ``"batch_size"`` (the last three None for DINOv2), ``"warm_start"``
+        (whether fits started from the solution path), ``"n_iter"`` (L-BFGS
+        iterations or AdamW steps) and ``"converged"`` (final fit),
+        ``"n_unconverged"`` (L-BFGS fits, sweep and refit, that stopped at
+        ``max_iter``; None for CLIP_benchmark) and ``"convergence_warning"``
+        (the message of the :class:`ProbeConvergenceWarning` issued when the
+        chosen C, its runner-up or the refit did not converge; else None).
     """
     train_x, train_y, test_x, test_y, multilabel = _check_xy(train_x, train_y, test_x, test_y)
     if (val_x is None) != (val_y is None):
@@ -829,6 +909,7 @@ def linear_probe(
         max_iter=max_iter,
         tol=tol,
         sweep_patience=sweep_patience,
+        warm_start=warm_start,
         lr=lr,
         epochs=epochs,
         batch_size=batch_size,
@@ -845,7 +926,9 @@ def linear_probe(
         )
     else:
         grid = _grid(c_grid)
-        model = _make_backend(backend, max_iter=max_iter, tol=tol, device=device, dtype=dtype)
+        model = _make_backend(
+            backend, warm=warm_start, max_iter=max_iter, tol=tol, device=device, dtype=dtype
+        )
 
     # 1. the selection split; 2. the low-shot subset, drawn from the train part only
     fit_idx, val_idx = training_rows(
@@ -902,6 +985,13 @@ def linear_probe(
         final = model.fit(all_x, task, target, best_C, init)
         refit_on, n_fit = "train+val", int(all_x.shape[0])
     weights, bias = _expand(task, final.w, final.b, n_classes, train_x.shape[1])
+    n_unconverged = warning = None
+    if not clip:
+        refit = [] if low_shot else [final.converged]
+        n_unconverged = sum(not ok for ok in [*(p["converged"] for p in sweep), *refit])
+        warning = _convergence_warning(sweep, best_C, refit, max_iter, n_unconverged)
+        if warning:
+            warnings.warn(warning, ProbeConvergenceWarning, stacklevel=2)
 
     logits = np.asarray(test_x, dtype=np.float64) @ weights.T + bias
     out: dict[str, Any] = {}
@@ -944,15 +1034,50 @@ def linear_probe(
         lr=float(lr) if clip else None,
         epochs=int(epochs) if clip else None,
         batch_size=int(batch_size) if clip else None,
+        warm_start=bool(model.warm),
         n_iter=final.n_iter,
         converged=final.converged,
+        n_unconverged=n_unconverged,
+        convergence_warning=warning,
     )
     return out
 
 
+def _convergence_warning(
+    sweep: list[dict[str, Any]],
+    chosen: float,
+    refit: list[bool | None],
+    max_iter: int,
+    n_unconverged: int,
+) -> str | None:
+    """One line when the choice rests on fits that stopped at ``max_iter``, else None.
+
+    Checked: the chosen C, the runner-up (the best validation score among the other
+    C values, the smaller C on ties) and the refit with the chosen C."""
+    by_c = {p["C"]: p for p in sweep}
+    others = [p for p in sweep if p["C"] != chosen]
+    runner_up = max(others, key=lambda p: p["val_score"], default=None)  # first max: smaller C
+    bad = []
+    if not by_c[chosen]["converged"]:
+        bad.append(f"the chosen C={chosen:.4g}")
+    if runner_up is not None and not runner_up["converged"]:
+        bad.append(f"the runner-up C={runner_up['C']:.4g}")
+    if refit and not refit[0]:
+        bad.append("the refit")
+    if not bad:
+        return None
+    what = bad[0] if len(bad) == 1 else ", ".join(bad[:-1]) + " and " + bad[-1]
+    return (
+        f"linear probe: {what} stopped at max_iter={max_iter} without converging "
+        f"({n_unconverged} unconverged fit(s) in all); the C choice rests on unconverged fits. "
+        "See the README's note on probe convergence (warm_start=False / --no-warm-start "
+        "reproduces DINOv2's cold path)."
+    )
+
+
 #: Keyword arguments of :func:`linear_probe` that only one protocol reads.
 _PROTOCOL_KNOBS = {
-    "dinov2": ("backend", "dtype", "c_grid", "max_iter", "tol", "sweep_patience"),
+    "dinov2": ("backend", "dtype", "c_grid", "max_iter", "tol", "sweep_patience", "warm_start"),
     "clip_benchmark": ("lr", "epochs", "batch_size"),
 }
 

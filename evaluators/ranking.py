@@ -12,6 +12,14 @@ one row per backbone and *setting*. A setting is ``(task, dataset, split, metric
 3. :func:`rank`: scores, ranks, bootstrap percentile intervals and the bootstrap frequency of
    ranking first, for every task and ``"overall"``.
 
+**What "overall" covers.** By default the paper's Table 2 overall: the performance tasks
+:data:`PERFORMANCE_TASKS` (classification, probe and fine-tune alike; detection; segmentation;
+retrieval; OOD classification; OOD detection) among those ranked. Calibration, robustness,
+speed and any task of your own get their own rows but do not move "overall": images/s
+measured on whatever machine extracted must not change which backbone ranks first.
+``overall_tasks=[...]`` chooses other tasks, ``overall_tasks="all"`` every ranked task; the
+ranking's ``in_overall`` column says which tasks were combined.
+
 Conventions (each one is tested):
 
 * **Standard deviation: population, ``ddof=0``** (numpy's ``np.std`` default). The paper says
@@ -26,6 +34,9 @@ Conventions (each one is tested):
   and std and gets no z there; its task score averages the settings it has, and every score
   carries ``n_settings`` (and ``n_tasks`` for overall) so thin evidence is visible. Records
   with a NaN value count as not evaluated.
+* **Outcome params.** Keys of :data:`OUTCOME_PARAMS` (e.g. the probe's ``n_unconverged``)
+  report how a run went, not how it was configured: they stay in the record but are dropped
+  from the setting, so backbones evaluated with the same knobs share one setting.
 * **Re-runs.** Several records for one backbone and setting: the most recent by ``created_at``
   wins when that column exists (records without a timestamp count as oldest; equal times keep
   the later row), otherwise the last row wins.
@@ -61,13 +72,17 @@ from evaluators.errors import DataError, UnknownNameError
 
 __all__ = [
     "KNOWN_TASKS",
+    "OUTCOME_PARAMS",
     "OVERALL",
+    "PERFORMANCE_TASKS",
     "RECORD_COLUMNS",
     "SETTING_COLUMNS",
     "group_means",
     "latest_records",
     "overall_scores",
+    "overall_task_names",
     "rank",
+    "setting_params",
     "task_order",
     "task_scores",
     "top_k",
@@ -78,20 +93,25 @@ __all__ = [
 SETTING_COLUMNS: tuple[str, ...] = ("task", "dataset", "split", "metric", "params")
 #: The columns every input record needs.
 RECORD_COLUMNS: tuple[str, ...] = ("backbone", *SETTING_COLUMNS, "value", "higher_is_better")
-#: Task names with a fixed display order (the paper's); any other task name works too.
-KNOWN_TASKS: tuple[str, ...] = (
+#: The pseudo-task holding the mean over tasks.
+OVERALL = "overall"
+#: What "overall" combines by default: BoB's Table 2 performance tasks. A fine-tuning job
+#: records task ``classification`` (``params.protocol = "finetune"``), detection jobs
+#: ``detection`` / ``segmentation`` / ``ood_detection``: all of them count. Calibration,
+#: robustness and speed are ranked on their own rows only.
+PERFORMANCE_TASKS: tuple[str, ...] = (
     "classification",
     "detection",
     "segmentation",
     "retrieval",
     "ood_classification",
     "ood_detection",
-    "calibration",
-    "robustness",
-    "speed",
 )
-#: The pseudo-task holding the mean over tasks.
-OVERALL = "overall"
+#: Task names with a fixed display order (the paper's); any other task name works too.
+KNOWN_TASKS: tuple[str, ...] = (*PERFORMANCE_TASKS, "calibration", "robustness", "speed")
+#: ``params`` keys that describe a run's outcome rather than its configuration (the probe's
+#: count of unconverged fits): kept in records, left out of the setting.
+OUTCOME_PARAMS: tuple[str, ...] = ("n_unconverged",)
 
 _Z_COLUMNS = ("backbone", *SETTING_COLUMNS, "value", "higher_is_better", "z", "n_backbones")
 
@@ -101,11 +121,13 @@ _Z_COLUMNS = ("backbone", *SETTING_COLUMNS, "value", "higher_is_better", "z", "n
 # --------------------------------------------------------------------------------------------
 
 
-def _canonical_params(value: object) -> str:
+def setting_params(value: object) -> str:
+    """A record's ``params`` (JSON text or a mapping) as a setting sees them: canonical JSON
+    without the :data:`OUTCOME_PARAMS` (``None`` / ``''`` -> ``'{}'``)."""
     if value is None or (isinstance(value, float) and math.isnan(value)) or value == "":
         return "{}"
     if isinstance(value, Mapping):
-        return canonical_json(dict(value))
+        return canonical_json(_knobs(value))
     if not isinstance(value, str):
         raise DataError(f"params must be a JSON object string such as '{{}}', got {value!r}.")
     try:
@@ -117,7 +139,12 @@ def _canonical_params(value: object) -> str:
         ) from exc
     if not isinstance(parsed, dict):
         raise DataError(f"params {value!r} must be a JSON object (a dict), e.g. '{{\"k\":20}}'.")
-    return canonical_json(parsed)
+    return canonical_json(_knobs(parsed))
+
+
+def _knobs(params: Mapping[str, object]) -> dict[str, object]:
+    """``params`` without the :data:`OUTCOME_PARAMS` (what identifies a setting)."""
+    return {k: v for k, v in params.items() if k not in OUTCOME_PARAMS}
 
 
 def _as_bool(series: pd.Series) -> pd.Series:
@@ -139,12 +166,13 @@ def latest_records(df: pd.DataFrame) -> pd.DataFrame:
 
     Returns a new frame with the :data:`RECORD_COLUMNS` (plus ``created_at`` if present):
     ``value`` float, ``higher_is_better`` bool, ``params`` canonical JSON (sorted keys, no
-    spaces; ``''``/missing become ``'{}'``). Rows with a NaN value are dropped first (not
-    evaluated; a failed re-run does not hide an earlier result). Of several rows for one
-    backbone and setting the most recent by ``created_at`` is kept (rows without a timestamp
-    count as oldest; equal stamps keep the later row), else the last row. Raises :class:`~evaluators.errors.DataError` on missing columns,
-    non-numeric values, an infinite value that is the latest of its backbone and setting
-    (checked after "latest wins"), or a setting whose rows disagree on ``higher_is_better``.
+    spaces; ``''``/missing become ``'{}'``; :data:`OUTCOME_PARAMS` left out). Rows with a NaN
+    value are dropped first (not evaluated; a failed re-run does not hide an earlier result).
+    Of several rows for one backbone and setting the most recent by ``created_at`` is kept
+    (rows without a timestamp count as oldest; equal stamps keep the later row), else the last
+    row. Raises :class:`~evaluators.errors.DataError` on missing columns, non-numeric values,
+    an infinite value that is the latest of its backbone and setting (checked after "latest
+    wins"), or a setting whose rows disagree on ``higher_is_better``.
     """
     if not isinstance(df, pd.DataFrame):
         raise DataError(f"Expected a pandas DataFrame of result records, got {type(df).__name__}.")
@@ -170,7 +198,7 @@ def latest_records(df: pd.DataFrame) -> pd.DataFrame:
         raise DataError(f"Record value {out['value'][bad].iloc[0]!r} is not a number.")
     out["value"] = values.astype(float)
     out["higher_is_better"] = _as_bool(out["higher_is_better"])
-    out["params"] = [_canonical_params(p) for p in out["params"]]
+    out["params"] = [setting_params(p) for p in out["params"]]
     out = out[out["value"].notna()]
 
     directions = out.groupby(list(SETTING_COLUMNS), sort=False)["higher_is_better"].nunique()
@@ -217,18 +245,37 @@ def _select_tasks(present: Iterable[str], tasks: Sequence[str] | str | None) -> 
     present_order = task_order(present)
     if tasks is None:
         return [t for t in present_order if t != OVERALL]
-    if isinstance(tasks, str):
-        tasks = [tasks]
-    for name in tasks:
-        if name not in present_order:
-            raise UnknownNameError(
-                "task",
-                name,
-                present_order,
-                hint="No records (or no comparable settings) for it in this data.",
-            )
-    wanted = set(tasks)
-    return [t for t in present_order if t in wanted]
+    hint = "No records (or no comparable settings) for it in this data."
+    return _pick(present_order, tasks, "task", hint)
+
+
+def _pick(order: list[str], wanted: Sequence[str] | str, kind: str, hint: str) -> list[str]:
+    """The names of ``order`` that are ``wanted`` (in ``order``'s order); each wanted name
+    must be in ``order`` (:class:`~evaluators.errors.UnknownNameError` naming ``kind``)."""
+    wanted = [wanted] if isinstance(wanted, str) else list(wanted)
+    for name in wanted:
+        if name not in order:
+            raise UnknownNameError(kind, name, order, hint=hint)
+    keep = set(wanted)
+    return [t for t in order if t in keep]
+
+
+def overall_task_names(
+    ranked: Iterable[str], overall_tasks: Sequence[str] | str | None = None
+) -> list[str]:
+    """The tasks "overall" combines, in display order, out of the ``ranked`` task names.
+
+    ``None`` (default): the :data:`PERFORMANCE_TASKS` among them (possibly none);
+    ``"all"``: every ranked task; a list: exactly those, each of which must be ranked
+    (:class:`~evaluators.errors.UnknownNameError` otherwise).
+    """
+    names = [t for t in task_order(ranked) if t != OVERALL]
+    if overall_tasks is None:
+        return [t for t in names if t in PERFORMANCE_TASKS]
+    if overall_tasks == "all":
+        return names
+    hint = "'overall' combines ranked tasks only (or pass 'all')."
+    return _pick(names, overall_tasks, "task for overall", hint)
 
 
 # --------------------------------------------------------------------------------------------
@@ -345,12 +392,15 @@ def overall_scores(
     ddof: int = 0,
     weight: Literal["task", "setting"] = "task",
     min_tasks: int = 1,
+    overall_tasks: Sequence[str] | str | None = None,
 ) -> pd.DataFrame:
-    """Each backbone's score over all tasks (task ``"overall"``).
+    """Each backbone's score over the tasks "overall" combines (task ``"overall"``).
 
     Args:
         data: result records, the output of :func:`zscores`, or of :func:`task_scores`.
-        tasks: combine these tasks only (default: all).
+        tasks: the tasks in play (default: all in the data).
+        overall_tasks: which of them to combine (see :func:`overall_task_names`; default
+            the :data:`PERFORMANCE_TASKS`).
         ddof: passed to :func:`zscores` when ``data`` holds raw records.
         weight: ``"task"`` (default, the protocol): the mean of the backbone's task scores,
             every task weighs the same. ``"setting"``: the mean of all its z-scores pooled
@@ -371,6 +421,7 @@ def overall_scores(
         ts = ts[ts["task"].isin(_select_tasks(ts["task"], tasks))]
     else:
         ts = task_scores(data, tasks=tasks, ddof=ddof)
+    ts = ts[ts["task"].isin(overall_task_names(ts["task"].unique(), overall_tasks))]
     ts = ts.assign(_sum=ts["score"] * ts["n_settings"])
     out = (
         ts.groupby("backbone", sort=False)
@@ -407,12 +458,16 @@ def rank(
     ddof: int = 0,
     weight: Literal["task", "setting"] = "task",
     min_tasks: int = 1,
+    overall_tasks: Sequence[str] | str | None = None,
 ) -> pd.DataFrame:
     """Rank backbones per task and overall, with bootstrap uncertainty.
 
     Args:
         df: result records (or the output of :func:`zscores`).
-        tasks: tasks to rank and to combine into ``"overall"`` (default: all in the data).
+        tasks: tasks to rank (default: all in the data).
+        overall_tasks: which ranked tasks ``"overall"`` combines (see
+            :func:`overall_task_names`; default the :data:`PERFORMANCE_TASKS` among them;
+            no ``"overall"`` rows when none is ranked).
         n_boot: bootstrap replicates; 0 skips the bootstrap (``ci_*`` and ``p_first`` NaN).
         seed: seed of ``numpy.random.default_rng``; equal inputs and seed give equal output.
         ci: central coverage of the percentile interval, in (0, 1).
@@ -429,9 +484,10 @@ def rank(
 
     Returns:
         Columns ``backbone, task, score, rank, n_settings, n_tasks, ci_low, ci_high,
-        p_first``; ``rank`` 1 is best (ties share the lower rank), ``n_tasks`` is 1 for task
-        rows. Sorted by task (:func:`task_order`, ``"overall"`` last) then rank. Scores equal
-        those of :func:`task_scores` and :func:`overall_scores`.
+        p_first, in_overall``; ``rank`` 1 is best (ties share the lower rank), ``n_tasks`` is
+        1 for task rows, ``in_overall`` says whether the row's task is one "overall" combines
+        (True on the overall rows). Sorted by task (:func:`task_order`, ``"overall"`` last)
+        then rank. Scores equal those of :func:`task_scores` and :func:`overall_scores`.
     """
     if n_boot < 0:
         raise DataError(f"n_boot must be >= 0, got {n_boot}.")
@@ -446,6 +502,8 @@ def rank(
             "Nothing to rank: no setting has at least two backbones with a value. "
             "z-scores compare backbones within a setting; add results for more backbones."
         )
+    in_overall = overall_task_names(selected, overall_tasks)
+    combine = [selected.index(t) for t in in_overall]
     backbones = sorted(z["backbone"].unique())
     col = {b: i for i, b in enumerate(backbones)}
     n_b = len(backbones)
@@ -472,25 +530,35 @@ def rank(
             boot_sums.append(draws @ mat)  # (n_boot, n_b)
             boot_counts.append(draws @ have)
 
+    def pick(arrays: list[np.ndarray]) -> list[np.ndarray]:
+        return [arrays[i] for i in combine]
+
     task_score = [_ratio(s, c) for s, c in zip(sums, counts, strict=True)]
-    n_tasks = np.sum([c > 0 for c in counts], axis=0)
-    eligible = n_tasks >= min_tasks
-    overall = _combine(task_score, sums, counts, weight)
-    overall[~eligible] = np.nan
-    results = [*task_score, overall]
-    n_settings = [*counts, np.sum(counts, axis=0)]
-    n_tasks_col = [*(np.ones(n_b) for _ in selected), n_tasks]
+    results, n_settings = list(task_score), list(counts)
+    n_tasks_col: list[np.ndarray] = [np.ones(n_b) for _ in selected]
+    rows_for = list(selected)
+    if combine:
+        n_tasks = np.sum([c > 0 for c in pick(counts)], axis=0)
+        eligible = n_tasks >= min_tasks
+        overall = _combine(pick(task_score), pick(sums), pick(counts), weight)
+        overall[~eligible] = np.nan
+        results.append(overall)
+        n_settings.append(np.sum(pick(counts), axis=0))
+        n_tasks_col.append(n_tasks)
+        rows_for.append(OVERALL)
     boots: list[np.ndarray | None] = [None] * len(results)
     if n_boot:
         boot_scores = [_ratio(s, c) for s, c in zip(boot_sums, boot_counts, strict=True)]
-        boot_overall = _combine(boot_scores, boot_sums, boot_counts, weight)
-        boot_overall[:, ~eligible] = np.nan
-        boots = [*boot_scores, boot_overall]
+        if combine:
+            boot_overall = _combine(pick(boot_scores), pick(boot_sums), pick(boot_counts), weight)
+            boot_overall[:, ~eligible] = np.nan
+            boot_scores.append(boot_overall)
+        boots = list(boot_scores)
 
     lo_q, hi_q = 100.0 * (1.0 - ci) / 2.0, 100.0 * (1.0 + ci) / 2.0
     frames = []
     for task, scores, n_set, n_tk, boot in zip(
-        [*selected, OVERALL], results, n_settings, n_tasks_col, boots, strict=True
+        rows_for, results, n_settings, n_tasks_col, boots, strict=True
     ):
         if boot is not None:
             ci_low, ci_high = _nanpercentiles(boot, lo_q, hi_q)
@@ -508,6 +576,7 @@ def rank(
                 "ci_low": ci_low,
                 "ci_high": ci_high,
                 "p_first": p_first,
+                "in_overall": task == OVERALL or task in in_overall,
             }
         )[keep]
         frame.insert(3, "rank", frame["score"].rank(method="min", ascending=False).astype(int))

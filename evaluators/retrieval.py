@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from evaluators._search import exact_topk, l2_normalize
+from evaluators._search import UnitRows, exact_topk, l2_normalize
 from evaluators.errors import DataError, ShapeError, UnknownNameError
 
 __all__ = [
@@ -551,14 +551,42 @@ def _block_source(db: Any, block_rows: int) -> tuple[Callable[[], Iterator[Any]]
 
 
 def _feature_blocks(
-    make: Callable[[], Iterator[Any]], dim: int, normalize: bool
+    make: Callable[[], Iterator[Any]],
+    dim: int,
+    normalize: bool,
+    norms: NDArray[Any] | None = None,
 ) -> Iterator[tuple[int, NDArray[np.float32]]]:
-    """Yield (base, block) with validated float32 (optionally L2-normalised) blocks."""
+    """Yield (base, block) with validated float32 (optionally L2-normalised) blocks.
+
+    Normalised blocks are views of one reused buffer (:class:`~evaluators._search.UnitRows`,
+    with the database's stored ``norms`` when given), valid until the next block."""
     base = 0
+    unit = UnitRows(norms) if normalize else None
     for i, raw in enumerate(make()):
-        block = _as_features(raw, f"database block {i}", dim)
-        yield base, (l2_normalize(block) if normalize else block)
+        what = f"database block {i}"
+        if unit is None:
+            block = _as_features(raw, what, dim)
+        else:
+            block = unit(_check_block(raw, what, dim), base, what)
+        yield base, block
         base += block.shape[0]
+    if unit is not None:
+        unit.check_complete()
+
+
+def _check_block(x: ArrayLike, what: str, dim: int) -> NDArray[Any]:
+    """Shape and dtype checks of a block, no conversion (finiteness: by its norms)."""
+    arr = np.asarray(x)
+    if arr.ndim != 2 or arr.dtype.kind not in "fiu":
+        raise ShapeError(
+            f"{what} must be a real (n, dim) matrix, got dtype {arr.dtype} shape {arr.shape}."
+        )
+    if arr.shape[1] != dim:
+        raise ShapeError(
+            f"{what} has dimension {arr.shape[1]} but the queries have {dim}; features of both "
+            "sides must come from the same backbone and layer."
+        )
+    return arr
 
 
 def _query_chunks(nq: int, nb: int, block_bytes: int) -> list[tuple[int, int]]:
@@ -576,6 +604,7 @@ def revisited_map_streaming(
     normalize: bool = True,
     block_rows: int = _DEFAULT_BLOCK_ROWS,
     block_bytes: int = _DEFAULT_BLOCK_BYTES,
+    db_norms: ArrayLike | None = None,
 ) -> dict[str, dict[str, float | int]]:
     """:func:`revisited_map` from features, streaming the database in row blocks.
 
@@ -584,6 +613,8 @@ def revisited_map_streaming(
         (rows_i, dim) blocks, a zero-argument callable returning a fresh iterator of blocks, or
         (only with ``top_k``) a one-shot iterator of blocks. Any real dtype; computed in float32.
     normalize: L2-normalise both sides (cosine similarity, as revisitop's features are).
+    db_norms: (n_db,) the database rows' L2 norms (``evaluators._search.row_norms``, as a store
+        keeps them): normalising then needs no pass to compute them. Same result as without.
 
     ``top_k=None`` (default) is exact: equal to ``revisited_map(q @ db.T, gnd)`` for the same
     float32 scores. It never holds the (n_queries, n_db) matrix: a first pass over the blocks
@@ -611,6 +642,7 @@ def revisited_map_streaming(
     qn = l2_normalize(q) if normalize else q
     make, reiterable = _block_source(db_blocks, block_rows)
     entries = _validate_entries(gnd, None)
+    norms = None if db_norms is None else np.asarray(db_norms)
 
     if top_k is not None:
         k_cut = int(top_k)
@@ -618,7 +650,7 @@ def revisited_map_streaming(
         n_seen = [0]
 
         def counted() -> Iterator[NDArray[np.float32]]:
-            for _, block in _feature_blocks(make, q.shape[1], normalize):
+            for _, block in _feature_blocks(make, q.shape[1], normalize, norms):
                 n_seen[0] += block.shape[0]
                 yield block
 
@@ -644,7 +676,7 @@ def revisited_map_streaming(
     item_scores = [np.full(t.size, np.nan, dtype=np.float32) for t in tracked]
 
     def tiles() -> Iterator[tuple[int, int, int, NDArray[np.float32]]]:
-        for base, block in _feature_blocks(make, q.shape[1], normalize):
+        for base, block in _feature_blocks(make, q.shape[1], normalize, norms):
             for a, b in _query_chunks(q.shape[0], block.shape[0], block_bytes):
                 yield base, a, b, qn[a:b] @ block.T
 
@@ -718,6 +750,7 @@ def label_retrieval(
     top_k: int | None = None,
     block_rows: int = _DEFAULT_BLOCK_ROWS,
     block_bytes: int = _DEFAULT_BLOCK_BYTES,
+    db_norms: ArrayLike | None = None,
 ) -> dict[str, float | int]:
     """Semantic retrieval on class-labelled sets (BoB: CUB-200, iNaturalist, ObjectNet, ...).
 
@@ -726,6 +759,8 @@ def label_retrieval(
     query_y: (n_queries,), db_y: (n_db,) labels (ints or strings). Relevant = same label.
     exclude_self: leave-one-out; query i IS gallery item i (requires equal sets): it is removed
         from its own ranking and from its relevant items.
+    db_norms: (n_db,) the gallery rows' L2 norms (``evaluators._search.row_norms``, as a store
+        keeps them): normalising then needs no pass to compute them. Same result as without.
     The gallery is ranked by descending similarity, ties by ascending database index. Queries
     without any relevant gallery item are skipped (counted in ``n_queries_skipped``).
 
@@ -791,7 +826,8 @@ def label_retrieval(
                 f"top_k={k_cut} exceeds the gallery size {n_gallery}; use top_k=None for the "
                 "exact full ranking."
             )
-        blocks = (b for _, b in _feature_blocks(make, q.shape[1], True))
+        norms = None if db_norms is None else np.asarray(db_norms)
+        blocks = (b for _, b in _feature_blocks(make, q.shape[1], True, norms))
         idx = _topk(qn, blocks, k_cut + int(exclude_self), block_rows)
         if exclude_self:
             keep = idx != np.arange(nq)[:, None]
@@ -803,7 +839,9 @@ def label_retrieval(
     stats = _RankStats(ks_t)
     for a, b in _query_chunks(nq, n_db, block_bytes):
         rows = np.empty((b - a, n_db), dtype=np.float32)
-        for base, block in _feature_blocks(make, q.shape[1], True):
+        for base, block in _feature_blocks(
+            make, q.shape[1], True, None if db_norms is None else np.asarray(db_norms)
+        ):
             rows[:, base : base + block.shape[0]] = qn[a:b] @ block.T
         for i in range(a, b):
             if n_rel[i] <= 0:

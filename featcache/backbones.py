@@ -35,7 +35,14 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from featcache.catalog import FrozenMap, check_known_fields, load_entries, manifest_problem, thaw
+from featcache.catalog import (
+    FrozenMap,
+    alias_problems,
+    check_known_fields,
+    load_entries,
+    manifest_problem,
+    thaw,
+)
 from featcache.errors import BobxError, ManifestError, UnknownNameError, suggest
 from featcache.names import validate_name
 
@@ -402,21 +409,8 @@ def load_backbone_specs() -> tuple[dict[str, BackboneSpec], list[str]]:
 
 
 def _alias_problems(specs: Mapping[str, BackboneSpec]) -> list[str]:
-    problems: list[str] = []
-    owner: dict[str, str] = {}
-    for spec in specs.values():
-        for alias in spec.aliases:
-            if alias in specs:
-                problems.append(
-                    f"{spec.source_file}: alias {alias!r} of {spec.name!r} is also a backbone name."
-                )
-            elif alias in owner and owner[alias] != spec.name:
-                problems.append(
-                    f"{spec.source_file}: alias {alias!r} of {spec.name!r} is "
-                    f"also an alias of {owner[alias]!r}."
-                )
-            owner[alias] = spec.name
-    return problems
+    entries = [(s.name, s.aliases, s.source_file) for s in specs.values()]
+    return alias_problems(entries, specs, "backbone")
 
 
 def _catalog() -> tuple[dict[str, BackboneSpec], dict[str, str]]:

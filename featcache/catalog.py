@@ -15,7 +15,7 @@ the file and entry of a problem.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -156,3 +156,22 @@ def check_known_fields(
             name,
             f"unknown field {unknown[0]!r}{hint}; fields are {', '.join(allowed)}.",
         )
+
+
+def alias_problems(
+    entries: Iterable[tuple[str, Sequence[str], str]], names: Collection[str], kind: str
+) -> list[str]:
+    """Aliases that clash: with a ``kind`` name of ``names``, or with another entry's alias.
+
+    ``entries`` are ``(name, aliases, source file)``; one problem line per clash."""
+    problems: list[str] = []
+    owner: dict[str, str] = {}
+    for name, aliases, source in entries:
+        for alias in aliases:
+            if alias in names:
+                problems.append(f"{source}: alias {alias!r} of {name!r} is also a {kind} name.")
+            elif owner.setdefault(alias, name) != name:
+                problems.append(
+                    f"{source}: alias {alias!r} of {name!r} is also an alias of {owner[alias]!r}."
+                )
+    return problems

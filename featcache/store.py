@@ -10,6 +10,7 @@ Layout (keys are '/'-separated; every name part is a validated slug)::
         <G>/labels      (N,) int64 | (N, C) int8   same row chunks
         <G>/ids         (N,) string                image key / relative path
         <G>/valid       (N,) bool                  False where an image was skipped
+        <G>/norms       (N,) float32               row L2 norms (cosine search skips a pass)
         <G>/_bobx/chunks/<i>.json                  create-only marker, after chunk i's data
         <G>/_bobx/complete.json                    create-only, written last: published
     records/loose/<id>.json                        one result record each, create-only
@@ -50,6 +51,7 @@ import zarr
 from zarr.core.sync import sync
 from zarr.errors import ContainsArrayError, ContainsGroupError
 
+from evaluators._search import row_norms
 from featcache import provenance
 from featcache.errors import (
     BobxError,
@@ -75,8 +77,9 @@ DEFAULT_STORE = "./bobx-store"
 CHUNK_BYTES = 8 * 2**20
 #: Largest ``chunk_rows`` a set may have (a chunk is written whole, in memory).
 MAX_CHUNK_ROWS = 2**20
-#: The arrays of every feature set, in write order.
-ARRAYS = ("embeddings", "labels", "ids", "valid")
+#: The arrays of every feature set, in write order (``norms``: each row's L2 norm as
+#: :func:`evaluators._search.row_norms` computes it from the stored row).
+ARRAYS = ("embeddings", "labels", "ids", "valid", "norms")
 DTYPES = ("float16", "float32")
 _GENERATION = re.compile(r"g-[A-Za-z0-9]{1,12}-[0-9a-f]{12}")
 
@@ -251,18 +254,25 @@ def read_rows(store: Store, arr: zarr.Array, start: int, stop: int) -> np.ndarra
 
 
 def chunk_checksums(
-    embeddings: np.ndarray, labels: np.ndarray, ids: Sequence[str], valid: np.ndarray
+    embeddings: np.ndarray,
+    labels: np.ndarray,
+    ids: Sequence[str],
+    valid: np.ndarray,
+    norms: np.ndarray | None = None,
 ) -> dict[str, int]:
     """CRC-32 of one chunk's rows of every array, as stored: kept in the chunk's marker
     so ``bobx verify`` finds bytes that changed but kept their size (~800 MiB/s here,
     so checksumming costs a writer little)."""
     emb = np.ascontiguousarray(embeddings, dtype=embeddings.dtype.newbyteorder("<"))
-    return {
+    out = {
         "embeddings": zlib.crc32(emb.tobytes()),
         "labels": zlib.crc32(np.ascontiguousarray(labels).tobytes()),
         "ids": zlib.crc32(provenance.canonical_json([str(i) for i in ids]).encode()),
         "valid": zlib.crc32(np.ascontiguousarray(valid, dtype=bool).tobytes()),
     }
+    if norms is not None:
+        out["norms"] = zlib.crc32(np.ascontiguousarray(norms, dtype="<f4").tobytes())
+    return out
 
 
 def _label_dtype(spec: Mapping[str, Any]) -> str:
@@ -278,6 +288,7 @@ def _expected_arrays(spec: Mapping[str, Any]) -> dict[str, tuple[list[int], str]
         "labels": ([n, *label_shape], _label_dtype(spec)),
         "ids": ([n], "string"),
         "valid": ([n], "bool"),
+        "norms": ([n], "float32"),
     }
 
 
@@ -387,6 +398,23 @@ class FeatureSet:
 
     def labels(self) -> np.ndarray:
         return self._read("labels")
+
+    def norms(self) -> np.ndarray:
+        """Row L2 norms, float32 (N,), exactly as ``evaluators._search.row_norms`` computes
+        them from the stored rows: read from the set's ``norms`` array (written with each
+        chunk), computed from the embeddings for sets (or chunks) written before it was."""
+        if self._store.objects.exists(f"{self.data_key}/norms/zarr.json"):
+            out = np.asarray(self._read("norms"), dtype=np.float32)
+        else:
+            out = np.full(self.n, np.nan, dtype=np.float32)
+        if np.isnan(out).any():  # not written: compute those chunks' norms
+            start = 0
+            for block in self.iter_blocks(dtype=None):
+                stop = start + block.shape[0]
+                if np.isnan(out[start:stop]).any():
+                    out[start:stop] = row_norms(block)
+                start = stop
+        return out
 
     def ids(self) -> np.ndarray:
         return self._read("ids")
@@ -518,6 +546,7 @@ class FeatureWriter:
             )
         labels = labels.astype(_label_dtype(self.spec), copy=False)
         id_list = [str(i) for i in ids]
+        norms = row_norms(emb)
         self.check_current()
         try:
             with storage_errors(f"write chunk {index} of {_set_name(self.key)}", self.store.url):
@@ -526,6 +555,7 @@ class FeatureWriter:
                     ("labels", labels),
                     ("ids", np.asarray(id_list, dtype=object)),
                     ("valid", valid),
+                    ("norms", norms),
                 ):
                     self.store._writable_array(f"{self.data_key}/{name}")[start:stop] = values
         except StoreError:
@@ -538,7 +568,7 @@ class FeatureWriter:
             "n_invalid": int((~valid).sum()),
             "cache_key": self.spec["cache_key"],
             "generation": self.generation,
-            "crc32": chunk_checksums(emb, labels, id_list, valid),
+            "crc32": chunk_checksums(emb, labels, id_list, valid, norms),
             "host": provenance.host(),
             "written_at": provenance.now_iso(),
         }
@@ -763,7 +793,13 @@ class Store:
         writers racing here write identical bytes."""
         rows = int(spec["chunk_rows"])
         expected = _expected_arrays(spec)
-        fills: dict[str, Any] = {"embeddings": 0.0, "labels": -1, "ids": "", "valid": False}
+        fills: dict[str, Any] = {
+            "embeddings": 0.0,
+            "labels": -1,
+            "ids": "",
+            "valid": False,
+            "norms": float("nan"),  # NaN: not written yet
+        }
         zs, where = self.zstore, data_key(key, spec)
         with storage_errors(f"create feature set {_set_name(key)}", self.url):
             for group, kind in ((key, "feature_set"), (where, "generation")):
@@ -782,7 +818,7 @@ class Store:
                         chunks=(rows, *shape[1:]),
                         dtype=str if dtype == "string" else dtype,
                         fill_value=fills[name],
-                        compressors=None if name == "embeddings" else "auto",
+                        compressors=None if name in ("embeddings", "norms") else "auto",
                         overwrite=False,
                     )
 
@@ -963,7 +999,9 @@ class Store:
             raise
         except Exception:  # undecodable bytes: everything in this chunk is suspect
             return list(ARRAYS)
-        now = chunk_checksums(read["embeddings"], read["labels"], list(read["ids"]), read["valid"])
+        now = chunk_checksums(
+            read["embeddings"], read["labels"], list(read["ids"]), read["valid"], read["norms"]
+        )
         return [name for name in ARRAYS if checksums.get(name) not in (None, now[name])]
 
     def remove_orphans(self, backbone: str, dataset: str, split: str) -> list[str]:

@@ -128,9 +128,29 @@ def test_user_yaml_folder_dataset_needs_no_code(monkeypatch, tmp_path: Path) -> 
     assert split.ids[0] == "test/cat/img_000.jpg"
 
 
+def test_aliases_resolve_and_clashes_are_reported(monkeypatch, tmp_path: Path) -> None:
+    assert get_dataset_spec("roxford").name == "roxford5k"
+    assert get_dataset_spec("rparis").name == "rparis6k"
+    assert get_dataset_spec("inat").name == "inaturalist"
+    assert get_dataset_spec("in1k") == get_dataset_spec("imagenet")
+    assert "roxford" in get_dataset_spec("roxford5k").to_dict()["aliases"]
+    with pytest.raises(UnknownNameError, match="roxford"):
+        get_dataset_spec("roxfrod")
+    (tmp_path / "mine.yaml").write_text(
+        "pets:\n  format: folder\n  splits: [test]\n  aliases: [roxford, cifar10, mypets]\n"
+    )
+    monkeypatch.setenv("BOBX_MANIFESTS", str(tmp_path))
+    problems = validate_dataset_manifests()
+    assert any("alias 'roxford' of 'pets' is also an alias of 'roxford5k'" in p for p in problems)
+    assert any("alias 'cifar10' of 'pets' is also a dataset name" in p for p in problems)
+    assert get_dataset_spec("mypets").name == "pets"
+    assert get_dataset_spec("roxford").name == "roxford5k"  # the first owner keeps it
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [
+        ("format: folder\n  splits: [a]\n  aliases: [../x]", "alias"),
         ("format: folder\n  splits: [a]\n  num_clases: 3", "num_classes"),
         ("format: foldr\n  splits: [a]", "folder"),
         ("format: cifar\n  splits: [a]\n  options: {variant: cifar11}", "cifar10"),

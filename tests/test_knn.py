@@ -13,7 +13,7 @@ import math
 import numpy as np
 import pytest
 
-from evaluators._search import METRICS, exact_topk, l2_normalize
+from evaluators._search import METRICS, UnitRows, exact_topk, l2_normalize, row_norms
 from evaluators.knn import HIGHER_IS_BETTER, higher_is_better, knn_classify
 from featcache.errors import DataError, ShapeError, UnavailableError, UnknownNameError
 
@@ -131,9 +131,19 @@ def test_cuda_search_and_knn_equal_the_cpu_path(int_data, tie_problem):
         gpu = exact_topk(q, db, k, block_rows=100, device="cuda")
         np.testing.assert_array_equal(gpu[1], cpu[1])
         np.testing.assert_array_equal(gpu[0], cpu[0])
+        # cosine with stored norms, as the runners search, equals it without on the GPU
+        # (across devices BLAS rounding of the normalised rows may differ: same device here)
+        plain = exact_topk(q, db, k, block_rows=100, metric="cosine", device="cuda")
+        stored = exact_topk(q, db, k, block_rows=100, metric="cosine", device="cuda",
+                            db_norms=row_norms(db))  # fmt: skip
+        np.testing.assert_array_equal(stored[1], plain[1])
+        np.testing.assert_array_equal(stored[0], plain[0])
     train_x, train_y, test_x, test_y = tie_problem
     cpu_knn = knn_classify(train_x, train_y, test_x, test_y, ks=(5, 50))
     assert knn_classify(train_x, train_y, test_x, test_y, ks=(5, 50), device="cuda") == cpu_knn
+    stored = knn_classify(train_x, train_y, test_x, test_y, ks=(5, 50), device="cuda",
+                          train_norms=row_norms(train_x))  # fmt: skip
+    assert stored == cpu_knn
 
 
 def test_cuda_request_without_a_gpu_says_so(int_data):
@@ -177,6 +187,53 @@ def test_exact_topk_rejects_bad_input(int_data):
                 exact_topk(bad, db, 3, metric=metric)
     with pytest.raises(UnknownNameError, match="Did you mean 'cosine'"):
         exact_topk(q, db, 3, metric="cosin")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
+@pytest.mark.parametrize("block_rows", [1000, 97])
+def test_stored_norms_give_the_same_search_bit_for_bit(dtype, block_rows):
+    rng = np.random.default_rng(4)
+    db = (rng.standard_normal((1000, 24)) * rng.uniform(0.1, 30, (1000, 1))).astype(dtype)
+    db[[5, 500]] = 0  # zero rows (masked images) stay zero
+    db[7] = db[8]  # an exact tie
+    q = rng.standard_normal((30, 24)).astype(np.float32)
+    norms = row_norms(db)
+    assert norms.dtype == np.float32 and norms[5] == 0
+    np.testing.assert_allclose(norms, np.linalg.norm(db.astype(np.float64), axis=1), rtol=1e-6)
+    plain = exact_topk(q, db, 40, metric="cosine", block_rows=block_rows)
+    stored = exact_topk(q, db, 40, metric="cosine", block_rows=block_rows, db_norms=norms)
+    # an iterable, as a store streams (same blocks: BLAS rounding depends on the shapes)
+    blocks = [db[a : a + block_rows] for a in range(0, 1000, block_rows)]
+    streamed = exact_topk(q, iter(blocks), 40, metric="cosine", db_norms=norms)
+    for got in (stored, streamed):
+        np.testing.assert_array_equal(got[0], plain[0])
+        np.testing.assert_array_equal(got[1], plain[1])
+    # the reused buffer holds l2_normalize's own numbers
+    unit = UnitRows(norms)
+    np.testing.assert_array_equal(unit(db[:300], 0, "rows"), l2_normalize(db[:300]))
+    np.testing.assert_array_equal(unit(db[300:350], 300, "rows"), l2_normalize(db[300:350]))
+
+
+def test_stored_norms_must_match_the_rows(int_data):
+    q, db = int_data
+    norms = row_norms(db)
+    with pytest.raises(ShapeError, match="db_norms has 699 norms"):
+        exact_topk(q, db, 3, metric="cosine", db_norms=norms[:-1])
+    with pytest.raises(ShapeError, match="database of 700 rows"):
+        exact_topk(q, db, 3, metric="cosine", db_norms=np.append(norms, 1.0))
+    with pytest.raises(ShapeError, match="cosine"):
+        exact_topk(q, db, 3, metric="ip", db_norms=norms)
+    bad = norms.copy()
+    bad[9] = np.nan  # the norms stand for the rows' finiteness
+    with pytest.raises(DataError, match="NaN or infinite"):
+        exact_topk(q, db, 3, metric="cosine", db_norms=bad)
+
+
+def test_knn_with_stored_norms_equals_without(tie_problem):
+    x, y, tx, ty = tie_problem
+    plain = knn_classify(x, y, tx, ty, ks=(1, 5))
+    stored = knn_classify(x, y, tx, ty, ks=(1, 5), train_norms=row_norms(x))
+    assert stored == plain
 
 
 # ----------------------------------------------------------------------------- knn

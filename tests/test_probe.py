@@ -49,6 +49,11 @@ def fits(problem):
     return out
 
 
+def _curve(out, key="val_score"):
+    """One field of every sweep point, in fitting order."""
+    return [p[key] for p in out["sweep"]]
+
+
 def test_default_grid_is_the_protocol():
     assert DEFAULT_C_GRID.shape == (45,)
     np.testing.assert_allclose(DEFAULT_C_GRID[[0, 22, 44]], [1e-6, 10**-0.5, 1e5])
@@ -62,7 +67,11 @@ def test_torch_picks_the_same_C_and_accuracy_as_sklearn(fits):
     assert abs(tc["top1"] - sk["top1"]) <= 0.003
     assert 0.4 < sk["top1"] < 0.95  # learnable but not trivial
     # same objective, both converged: same sweep curve and nearly the same weights
-    np.testing.assert_allclose([v for _, v in tc["sweep"]], [v for _, v in sk["sweep"]])
+    np.testing.assert_allclose(_curve(tc), _curve(sk))
+    # each point says how its fit ended; converged fits reach the same objective
+    assert all(p["converged"] for p in sk["sweep"] + tc["sweep"])
+    np.testing.assert_allclose(_curve(tc, "objective"), _curve(sk, "objective"), rtol=1e-7)
+    assert sk["n_unconverged"] == tc["n_unconverged"] == 0 and tc["convergence_warning"] is None
     np.testing.assert_allclose(tc["weights"], sk["weights"], rtol=1e-4, atol=1e-5)
 
 
@@ -80,8 +89,8 @@ def test_result_is_consistent(fits, problem):
     assert out["top1"] == np.mean(np.argmax(logits, 1) == ty)
     np.testing.assert_allclose(out["test_probs"].sum(1), 1.0)
     assert out["weights"].shape == (5, 20) and out["bias"].shape == (5,)
-    assert [c for c, _ in out["sweep"]] == pytest.approx(list(GRID))
-    assert out["val_top1"] == max(v for _, v in out["sweep"])
+    assert _curve(out, "C") == pytest.approx(list(GRID))
+    assert out["val_top1"] == max(_curve(out))
     assert out["selection"] == "holdout" and out["refit_on"] == "train+val"
     assert out["n_fit"] == 1200 and out["n_val"] == len(out["val_indices"])
     assert set(out["train_indices"]) == set(range(1200))
@@ -230,7 +239,7 @@ def test_sweep_patience_stops_early_and_is_recorded(problem):
     (x, y), (tx, ty) = problem
     out = linear_probe(x, y, tx, ty, c_grid=GRID, backend="torch", seed=3, sweep_patience=1)
     assert out["sweep_patience"] == 1 and len(out["sweep"]) < len(GRID)
-    assert out["sweep"][-2][1] == max(v for _, v in out["sweep"])
+    assert out["sweep"][-2]["val_score"] == max(_curve(out))
 
 
 @pytest.mark.gpu
@@ -243,6 +252,24 @@ def test_torch_backend_on_cuda_equals_cpu(problem, fits):
     cpu = fits["torch"]
     assert gpu["C"] == cpu["C"] and gpu["top1"] == pytest.approx(cpu["top1"], abs=0.003)
     np.testing.assert_allclose(gpu["weights"], cpu["weights"], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_cold_path_on_cuda_reproduces_sklearn_fits(capped):
+    import warnings
+
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    (x, y), (tx, ty) = make_problem(1, 600, 16, 4, 0.6)
+    kw = {"c_grid": 10.0 ** np.linspace(-3, 4, 8), "max_iter": 10, "seed": 1}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gpu = linear_probe(x, y, tx, ty, device="cuda", warm_start=False, **kw)
+    sk = capped["sklearn"]
+    for key in ("n_iter", "converged", "val_score"):
+        assert _curve(gpu, key) == _curve(sk, key), key
+    np.testing.assert_allclose(_curve(gpu, "objective"), _curve(sk, "objective"), rtol=1e-9)
 
 
 def test_warm_start_extrapolates_the_solution_path_in_log_c():
@@ -319,21 +346,21 @@ def _clip_reference_search(acc):
 
 @pytest.mark.parametrize("seed", range(6))
 def test_clip_weight_decay_search_follows_the_reference(seed):
-    from evaluators.probe import CLIP_WD_GRID, _clip_sweep
+    from evaluators.probe import CLIP_WD_GRID, _clip_sweep, _Fit
 
     rng = np.random.default_rng(seed)
     # a bumpy curve with plateaus (ties) and, for seed 0, all zeros
     acc = np.round(rng.random(97), 1) * (seed > 0)
     fitted = []
 
-    def fit_one(wd):
+    def fit_one(wd):  # stands in for a fit: its "weights" are the grid index
         fitted.append(wd)
-        return int(np.argmin(np.abs(CLIP_WD_GRID - wd)))  # stands in for a fit
+        return _Fit(np.array([[np.argmin(np.abs(CLIP_WD_GRID - wd))]]), np.zeros(1), 1, None)
 
-    peak, sweep, done = _clip_sweep(fit_one, lambda idx: float(acc[idx]))
+    peak, sweep, done = _clip_sweep(fit_one, lambda fit: float(acc[int(fit.w[0, 0])]))
     assert peak == _clip_reference_search(acc)
     assert len(fitted) == len(set(fitted)) == len(sweep) <= 19  # each point fitted once
-    assert [wd for wd, _ in sweep] == fitted
+    assert _curve({"sweep": sweep}, "weight_decay") == fitted
     np.testing.assert_allclose(CLIP_WD_GRID[[0, 16, 96]], [1e-6, 10 ** (-6 + 16 / 12), 100.0])
 
 
@@ -341,7 +368,7 @@ def test_clip_benchmark_protocol_end_to_end(problem, fits):
     (x, y), (tx, ty) = problem
     out = linear_probe(x, y, tx, ty, protocol="clip_benchmark", seed=3, epochs=5)
     assert out["protocol"] == "clip_benchmark" and out["C"] is None
-    assert out["weight_decay"] in [wd for wd, _ in out["sweep"]]
+    assert out["weight_decay"] in _curve(out, "weight_decay")
     assert out["backend"] == "adamw" and out["dtype"] == "float32"
     assert (out["lr"], out["epochs"], out["batch_size"]) == (0.1, 5, 64)
     assert out["refit_on"] == "train+val" and out["n_fit"] == 1200
@@ -356,3 +383,61 @@ def test_clip_benchmark_protocol_end_to_end(problem, fits):
         linear_probe(x, y, tx, ty, epochs=3)
     with pytest.raises(UnknownNameError, match="probe protocol"):
         linear_probe(x, y, tx, ty, protocol="clip")
+
+
+# ------------------------------------------------------------------ convergence
+@pytest.fixture(scope="module")
+def capped():
+    """A problem whose larger-C fits need more than 10 L-BFGS iterations, fitted at
+    max_iter=10 by scikit-learn and by the torch backend, cold and warm."""
+    import warnings
+
+    (x, y), (tx, ty) = make_problem(1, 600, 16, 4, 0.6)
+    kw = {"c_grid": 10.0 ** np.linspace(-3, 4, 8), "max_iter": 10, "seed": 1}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return {
+            "sklearn": linear_probe(x, y, tx, ty, backend="sklearn", **kw),
+            "cold": linear_probe(x, y, tx, ty, backend="torch", warm_start=False, **kw),
+            "warm": linear_probe(x, y, tx, ty, backend="torch", **kw),
+        }
+
+
+def test_cold_path_reproduces_sklearn_fits_at_the_same_max_iter(capped):
+    sk, cold = capped["sklearn"], capped["cold"]
+    assert cold["warm_start"] is False and sk["warm_start"] is False
+    assert not any(_curve(sk, "converged"))  # every fit stopped at max_iter
+    for key in ("C", "n_iter", "converged", "val_score"):
+        assert _curve(cold, key) == _curve(sk, key), key
+    np.testing.assert_allclose(_curve(cold, "objective"), _curve(sk, "objective"), rtol=1e-9)
+    assert cold["C"] == sk["C"] and cold["top1"] == sk["top1"]
+    np.testing.assert_allclose(cold["weights"], sk["weights"], rtol=1e-5, atol=1e-6)
+
+
+def test_warm_starts_reach_lower_objectives_where_fits_hit_max_iter(capped):
+    warm, cold = capped["warm"], capped["cold"]
+    assert warm["warm_start"] is True
+    gain = np.subtract(_curve(cold, "objective"), _curve(warm, "objective"))
+    assert (gain[2:] > 0).all()  # past the smallest C the path start is ahead
+    assert _curve(warm, "val_score") != _curve(cold, "val_score")  # so choices can differ
+
+
+def test_unconverged_choice_is_counted_and_warned_in_one_line(capped, fits):
+    from evaluators.probe import ProbeConvergenceWarning
+
+    cold = capped["cold"]
+    assert cold["n_unconverged"] == len(cold["sweep"]) + 1  # every sweep fit and the refit
+    (x, y), (tx, ty) = make_problem(1, 600, 16, 4, 0.6)
+    with pytest.warns(ProbeConvergenceWarning) as caught:
+        out = linear_probe(x, y, tx, ty, c_grid=10.0 ** np.linspace(-3, 4, 8), max_iter=10, seed=1)
+    message = str(caught[0].message)
+    assert len(caught) == 1 and "\n" not in message and message == out["convergence_warning"]
+    assert f"the chosen C={out['C']:.4g}" in message and "--no-warm-start" in message
+    assert f"({out['n_unconverged']} unconverged" in message
+    assert fits["torch"]["convergence_warning"] is None  # converged sweeps stay quiet
+
+
+def test_warm_start_belongs_to_the_dinov2_protocol(problem):
+    (x, y), (tx, ty) = problem
+    with pytest.raises(ProbeError, match="warm_start"):
+        linear_probe(x, y, tx, ty, protocol="clip_benchmark", warm_start=False, epochs=1)

@@ -13,7 +13,9 @@ from scipy import stats
 
 from evaluators import ranking
 from evaluators.ranking import (
+    OUTCOME_PARAMS,
     OVERALL,
+    PERFORMANCE_TASKS,
     group_means,
     latest_records,
     overall_scores,
@@ -276,8 +278,8 @@ def test_task_and_overall_scores_match_numpy(seed):
     for key, zs in want.items():
         assert got[key][0] == pytest.approx(np.mean(zs), abs=1e-12)
         assert got[key][1] == len(zs)
-    ov = overall_scores(df).set_index("backbone")
-    ov_set = overall_scores(df, weight="setting").set_index("backbone")
+    ov = overall_scores(df, overall_tasks="all").set_index("backbone")
+    ov_set = overall_scores(df, weight="setting", overall_tasks="all").set_index("backbone")
     for b in ov.index:
         mine = [k for k in want if k[0] == b]
         assert ov.loc[b, "score"] == pytest.approx(np.mean([np.mean(want[k]) for k in mine]))
@@ -305,7 +307,7 @@ def test_rank_scores_and_ranks_match_task_and_overall_scores(weight):
     ranked = rank(df, n_boot=0, weight=weight)
     assert list(ranked.columns) == [
         "backbone", "task", "score", "rank", "n_settings", "n_tasks", "ci_low", "ci_high",
-        "p_first",
+        "p_first", "in_overall",
     ]  # fmt: skip
     expect = pd.concat([task_scores(df), overall_scores(df, weight=weight)])
     merged = ranked.merge(expect, on=["backbone", "task"], suffixes=("", "_want"))
@@ -325,12 +327,13 @@ def test_rank_ties_share_the_lower_rank():
     assert got[["backbone", "rank"]].values.tolist() == [["d", 1], ["a", 2], ["b", 2], ["c", 4]]
 
 
-def oracle_bootstrap(df, *, n_boot, seed, ci, weight):
+def oracle_bootstrap(df, *, n_boot, seed, ci, weight, overall_tasks=None):
     """Plain loops over replicates/backbones, drawing like rank() (multinomial per task)."""
     z = zscores(df)
     rng = np.random.default_rng(seed)
     backbones = sorted(set(z["backbone"]))
     tasks = [t for t in task_order(z["task"])]
+    combined = tasks if overall_tasks == "all" else [t for t in tasks if t in PERFORMANCE_TASKS]
     reps = {t: np.full((n_boot, len(backbones)), np.nan) for t in [*tasks, OVERALL]}
     sums = {t: np.zeros((n_boot, len(backbones))) for t in tasks}
     cnts = {t: np.zeros((n_boot, len(backbones))) for t in tasks}
@@ -355,11 +358,11 @@ def oracle_bootstrap(df, *, n_boot, seed, ci, weight):
     for r in range(n_boot):
         for j in range(len(backbones)):
             if weight == "task":
-                vals = [reps[t][r, j] for t in tasks if not np.isnan(reps[t][r, j])]
+                vals = [reps[t][r, j] for t in combined if not np.isnan(reps[t][r, j])]
                 reps[OVERALL][r, j] = np.mean(vals) if vals else np.nan
             else:
-                den = sum(cnts[t][r, j] for t in tasks)
-                reps[OVERALL][r, j] = sum(sums[t][r, j] for t in tasks) / den if den else np.nan
+                den = sum(cnts[t][r, j] for t in combined)
+                reps[OVERALL][r, j] = sum(sums[t][r, j] for t in combined) / den if den else np.nan
     out = {}
     q = [50 * (1 - ci), 50 * (1 + ci)]
     for t, rep in reps.items():
@@ -377,11 +380,14 @@ def oracle_bootstrap(df, *, n_boot, seed, ci, weight):
     return out
 
 
+@pytest.mark.parametrize("overall_tasks", [None, "all"])
 @pytest.mark.parametrize("weight", ["task", "setting"])
-def test_bootstrap_matches_plain_loop_oracle(weight):
+def test_bootstrap_matches_plain_loop_oracle(weight, overall_tasks):
     df = random_records(6, n_backbones=5, n_settings=7)
-    got = rank(df, n_boot=40, seed=11, ci=0.9, weight=weight)
-    want = oracle_bootstrap(df, n_boot=40, seed=11, ci=0.9, weight=weight)
+    got = rank(df, n_boot=40, seed=11, ci=0.9, weight=weight, overall_tasks=overall_tasks)
+    want = oracle_bootstrap(
+        df, n_boot=40, seed=11, ci=0.9, weight=weight, overall_tasks=overall_tasks
+    )
     for b, t, lo, hi, pf in got[["backbone", "task", "ci_low", "ci_high", "p_first"]].itertuples(
         index=False
     ):
@@ -419,6 +425,72 @@ def test_bootstrap_sanity():
     )
     assert inside.mean() > 0.9
     assert (ranked["ci_low"] <= ranked["ci_high"]).all()
+
+
+def _classification_and_speed(speed: bool) -> pd.DataFrame:
+    rows = [
+        record(b, v, dataset=d)
+        for d in ("d1", "d2")
+        for b, v in zip("abc", [3.0, 2.0, 1.0], strict=True)
+    ]
+    if speed:  # c extracted on a much faster machine
+        rows += [
+            record(b, v, task="speed", metric="images_per_s", dataset=d)
+            for d in ("d1", "d2")
+            for b, v in zip("abc", [10.0, 20.0, 9000.0], strict=True)
+        ]
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("weight", ["task", "setting"])
+def test_speed_records_cannot_move_overall(weight):
+    without = rank(_classification_and_speed(False), n_boot=100, weight=weight)
+    with_speed = rank(_classification_and_speed(True), n_boot=100, weight=weight)
+    pd.testing.assert_frame_equal(
+        without.query("task == 'overall'").reset_index(drop=True),
+        with_speed.query("task == 'overall'").reset_index(drop=True),
+    )
+    assert with_speed.query("task == 'speed'").iloc[0]["backbone"] == "c"  # its own row
+    assert not with_speed.query("task == 'speed'")["in_overall"].any()
+    assert with_speed.query("task in ('classification', 'overall')")["in_overall"].all()
+    # asked for, speed does move it: c climbs from last
+    everything = rank(_classification_and_speed(True), n_boot=0, overall_tasks="all")
+    assert everything.query("task == 'overall'").set_index("backbone").loc["c", "rank"] < 3
+    assert overall_scores(_classification_and_speed(True))["backbone"].tolist() == list("abc")
+
+
+def test_overall_covers_the_performance_tasks_whatever_job_wrote_them():
+    tasks = ["classification", "detection", "segmentation", "ood_detection", "calibration",
+             "robustness", "speed", "my_task"]  # fmt: skip
+    rows = [record(b, v, task=t) for t in tasks for b, v in zip("ab", [1.0, 2.0], strict=True)]
+    rows += [
+        record(b, v, params='{"protocol":"finetune"}')
+        for b, v in zip("ab", [5.0, 1.0], strict=True)
+    ]
+    ranked = rank(pd.DataFrame(rows), n_boot=0)
+    combined = set(ranked.loc[ranked["in_overall"], "task"])
+    assert combined == {"classification", "detection", "segmentation", "ood_detection", OVERALL}
+    assert set(PERFORMANCE_TASKS) >= combined - {OVERALL}
+    overall = ranked.query("task == 'overall'").set_index("backbone")
+    assert overall.loc["a", "n_tasks"] == 4 and overall.loc["a", "n_settings"] == 5
+    chosen = rank(pd.DataFrame(rows), n_boot=0, overall_tasks=["speed", "my_task"])
+    assert set(chosen.loc[chosen["in_overall"], "task"]) == {"speed", "my_task", OVERALL}
+    with pytest.raises(UnknownNameError, match="ood_classification"):
+        rank(pd.DataFrame(rows), n_boot=0, overall_tasks=["ood_classification"])
+    only_speed = rank(pd.DataFrame(rows).query("task == 'speed'"), n_boot=0)
+    assert OVERALL not in set(only_speed["task"])  # nothing to combine: no overall rows
+
+
+def test_outcome_params_do_not_split_a_setting():
+    assert "n_unconverged" in OUTCOME_PARAMS
+    rows = [
+        record("a", 1.0, params='{"protocol":"dinov2_logreg","n_unconverged":0}'),
+        record("b", 2.0, params='{"n_unconverged":7,"protocol":"dinov2_logreg"}'),
+        record("c", 3.0, params={"protocol": "dinov2_logreg", "n_unconverged": 2}),
+    ]
+    z = zscores(pd.DataFrame(rows))
+    assert z["params"].unique().tolist() == ['{"protocol":"dinov2_logreg"}']
+    assert (z["n_backbones"] == 3).all()
 
 
 def test_min_tasks_limits_overall_to_backbones_scored_everywhere():

@@ -296,6 +296,27 @@ def test_streaming_normalises_and_accepts_fp16():
     assert_nested_close(revisited_map_streaming(q, db, gnd), revisited_map(qn @ dn.T, gnd))
 
 
+@pytest.mark.parametrize("top_k", [None, 12])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_stored_norms_give_the_same_retrieval(top_k, dtype):
+    from evaluators._search import row_norms
+
+    rng = np.random.default_rng(14)
+    q = rng.standard_normal((8, 16)).astype(dtype)
+    db = (rng.standard_normal((50, 16)) * rng.uniform(0.5, 9, (50, 1))).astype(dtype)
+    gnd = random_gnd(rng, 8, 50)
+    blocks = [db[a : a + 16] for a in range(0, 50, 16)]
+    plain = revisited_map_streaming(q, blocks, gnd, top_k=top_k)
+    stored = revisited_map_streaming(q, blocks, gnd, top_k=top_k, db_norms=row_norms(db))
+    assert stored == plain
+    qy, dy = rng.integers(0, 4, 8), rng.integers(0, 4, 50)
+    kw = {"top_k": top_k, "block_rows": 16}
+    want = label_retrieval(q, qy, db, dy, **kw)
+    assert label_retrieval(q, qy, db, dy, db_norms=row_norms(db), **kw) == want
+    with pytest.raises(ShapeError, match="db_norms"):
+        label_retrieval(q, qy, db, dy, db_norms=row_norms(db)[:-1], **kw)
+
+
 def test_streaming_top_k_matches_cutoff_ranks():
     rng = np.random.default_rng(13)
     n_q, n_db, cut = 9, 70, 15

@@ -13,7 +13,9 @@ A manifest entry looks like::
 Optional fields: ``multilabel`` (false), ``task`` (classification | retrieval | detection),
 ``class_subset`` (a list of IN-1k indices or ``imagenet_a`` / ``imagenet_r``),
 ``extra_splits`` (splits extracted only when asked for by name, e.g. digits' ``all``, a
-union of the others that no evaluator needs).
+union of the others that no evaluator needs), ``aliases`` (short names every command
+accepts, e.g. ``[roxford]`` for ``roxford5k``; the store and the records always use the
+canonical name).
 Every reader also accepts the option ``root``: a default data directory, relative to
 the YAML file, used when neither ``--data-root`` nor ``root_env`` gives one.
 """
@@ -29,6 +31,7 @@ from typing import Any
 
 from featcache.catalog import (
     FrozenMap,
+    alias_problems,
     check_known_fields,
     load_entries,
     load_valid,
@@ -149,6 +152,7 @@ _FIELDS = (
     "class_subset",
     "options",
     "description",
+    "aliases",
 )
 
 
@@ -168,20 +172,22 @@ class DatasetSpec:
     description: str = ""
     source: str = ""
     extra_splits: tuple[str, ...] = ()
+    aliases: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.options, FrozenMap):
             object.__setattr__(self, "options", FrozenMap(self.options))
         object.__setattr__(self, "splits", tuple(self.splits))
         object.__setattr__(self, "extra_splits", tuple(self.extra_splits))
+        object.__setattr__(self, "aliases", tuple(self.aliases))
+        if self.class_subset is not None:
+            object.__setattr__(self, "class_subset", tuple(int(k) for k in self.class_subset))
 
     @property
     def default_splits(self) -> tuple[str, ...]:
         """What ``bobx extract`` computes without ``--split``: every split the evaluators
         use, i.e. all but the :attr:`extra_splits`."""
         return tuple(s for s in self.splits if s not in self.extra_splits)
-        if self.class_subset is not None:
-            object.__setattr__(self, "class_subset", tuple(int(k) for k in self.class_subset))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able fields (lists for tuples)."""
@@ -198,6 +204,7 @@ class DatasetSpec:
             "options": thaw(self.options),
             "description": self.description,
             "source": self.source,
+            "aliases": list(self.aliases),
         }
 
 
@@ -216,14 +223,9 @@ def spec_from_fields(name: str, fields: Mapping[str, Any]) -> DatasetSpec:
         raise _problem(
             source, name, f"unknown format {fmt!r}.{hint} Formats: {', '.join(sorted(FORMATS))}."
         )
-    splits = fields.get("splits")
-    if not isinstance(splits, list) or not splits:
+    splits = _names(fields, "splits", "split", source, name)
+    if not splits:
         raise _problem(source, name, "'splits' must be a non-empty list of split names.")
-    try:
-        for split in splits:
-            validate_name(split, "split")
-    except BobxError as exc:
-        raise _problem(source, name, str(exc)) from exc
     if len(set(splits)) != len(splits):
         raise _problem(source, name, "'splits' lists a split twice.")
     extra_splits = fields.get("extra_splits") or []
@@ -299,6 +301,7 @@ def spec_from_fields(name: str, fields: Mapping[str, Any]) -> DatasetSpec:
     description = fields.get("description", "")
     if not isinstance(description, str):
         raise _problem(source, name, "'description' must be a string.")
+    aliases = _names(fields, "aliases", "dataset alias", source, name)
     return DatasetSpec(
         name=name,
         format=fmt,
@@ -312,7 +315,21 @@ def spec_from_fields(name: str, fields: Mapping[str, Any]) -> DatasetSpec:
         description=" ".join(description.split()),
         source=source,
         extra_splits=tuple(extra_splits),
+        aliases=tuple(aliases),
     )
+
+
+def _names(fields: Mapping[str, Any], key: str, kind: str, source: str, name: str) -> list[str]:
+    """A manifest field holding a list of valid names (missing: empty)."""
+    raw = fields.get(key) or []
+    if not isinstance(raw, list) or not all(isinstance(v, str) for v in raw):
+        raise _problem(source, name, f"{key!r} must be a list of names.")
+    try:
+        for value in raw:
+            validate_name(value, kind)
+    except BobxError as exc:
+        raise _problem(source, name, str(exc)) from exc
+    return raw
 
 
 def _class_subset(raw: Any, source: str, name: str) -> tuple[int, ...] | None:
@@ -342,18 +359,35 @@ def _class_subset(raw: Any, source: str, name: str) -> tuple[int, ...] | None:
 
 
 def load_specs() -> tuple[dict[str, DatasetSpec], list[str]]:
-    """Every valid spec by name, and the problems of the invalid ones."""
-    return load_valid("datasets", spec_from_fields)
+    """Every valid spec by name, and the problems of the invalid ones (aliases included)."""
+    specs, problems = load_valid("datasets", spec_from_fields)
+    entries_aliases = [(s.name, s.aliases, s.source) for s in specs.values()]
+    return specs, problems + alias_problems(entries_aliases, specs, "dataset")
+
+
+def _aliases(entries: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    """alias -> dataset name, read from the raw entries (first owner wins)."""
+    out: dict[str, str] = {}
+    for name, fields in entries.items():
+        raw = fields.get("aliases")
+        for alias in raw if isinstance(raw, list) else []:
+            if isinstance(alias, str) and alias not in entries:
+                out.setdefault(alias, name)
+    return out
 
 
 def get_dataset_spec(name: str) -> DatasetSpec:
-    """The spec named ``name``; UnknownNameError with near misses when there is none."""
+    """The spec named ``name`` (or one of its aliases: ``roxford`` -> ``roxford5k``);
+    UnknownNameError with near misses when there is none."""
     entries = load_entries("datasets")
+    aliases = _aliases(entries)
+    if name not in entries and name in aliases:
+        name = aliases[name]
     if name not in entries:
         raise UnknownNameError(
             "dataset",
             name,
-            entries,
+            [*entries, *aliases],
             hint="Run `bobx datasets` to list them; add your own with YAML in $BOBX_MANIFESTS.",
         )
     return spec_from_fields(name, entries[name])

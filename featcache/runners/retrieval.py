@@ -19,7 +19,13 @@ from typing import Any
 
 from featcache.errors import BobxError, DataError, UnknownNameError
 from featcache.records import Record, make_record
-from featcache.runners.classification import metric_records, pair_key, resolve_backbones
+from featcache.runners.classification import (
+    SEARCH_BLOCK_ROWS,
+    Backbones,
+    metric_records,
+    pair_key,
+)
+from featcache.runners.names import resolve_backbones, resolve_dataset
 from featcache.store import FeatureSet, Store
 
 SETTINGS = ("easy", "medium", "hard")
@@ -35,7 +41,7 @@ def _has_gnd(store: Store, dataset: str) -> bool:
 
 def run_retrieval(
     store: Store,
-    backbone: str,
+    backbone: Backbones,
     dataset: str,
     *,
     protocols: Sequence[str] = SETTINGS,
@@ -45,9 +51,11 @@ def run_retrieval(
     query_split: str | None = None,
     gallery_split: str | None = None,
 ) -> list[Record]:
-    """Retrieval metrics for one backbone (or ``all``) on ``dataset``; returns the records."""
+    """Retrieval metrics on ``dataset`` (an alias such as ``roxford`` works) for one backbone,
+    several, or every one with features of it (``None`` / ``"all"``); returns the records."""
     store.check_writable()  # a read-only or full store fails now, not after the work
     records: list[Record] = []
+    dataset = resolve_dataset(store, dataset)
     revisited = _has_gnd(store, dataset) and query_split is None and gallery_split is None
     for bb in resolve_backbones(store, backbone, dataset):
         if revisited:
@@ -88,7 +96,14 @@ def _revisited(
             "rows; re-extract the query split."
         )
     qx = query.embeddings()
-    out = revisited_map_streaming(qx, lambda: db.iter_blocks(), gnd, ks=tuple(ks), top_k=top_k)
+    out = revisited_map_streaming(
+        qx,
+        lambda: db.iter_blocks(block_rows=SEARCH_BLOCK_ROWS, dtype=None),  # as stored
+        gnd,
+        ks=tuple(ks),
+        top_k=top_k,
+        db_norms=db.norms(),
+    )
     params = {"protocol": "revisited", "query_crop": crop, "top_k": top_k}
     records = []
     for setting in protocols:
@@ -135,7 +150,12 @@ def _label(
         raise DataError(f"{dataset} is multi-label; label retrieval needs one label per image.")
     qx, qy, _ = query.load()
     gx, gy, _ = (qx, qy, None) if loo else gallery.load()
-    out = label_retrieval(qx, qy, gx, gy, ks=tuple(ks), exclude_self=loo, top_k=top_k)
+    norms = gallery.norms()
+    if gallery.n_invalid:  # load() dropped the masked rows
+        norms = norms[gallery.valid()]
+    out = label_retrieval(
+        qx, qy, gx, gy, ks=tuple(ks), exclude_self=loo, top_k=top_k, db_norms=norms
+    )
     params: dict[str, Any] = {
         "protocol": "label",
         "gallery": "leave-one-out" if loo else gallery.split,
