@@ -1004,6 +1004,7 @@ def report_cmd(
         Weight, typer.Option(help="overall = mean of task scores, or of all settings.")
     ] = Weight.task,
     min_tasks: Annotated[int, typer.Option(help="Overall: backbones in >= this many tasks.")] = 1,
+    overall_tasks: OverallTasksOpt = None,
     interactive: Annotated[
         bool, typer.Option(help="Add Plotly figures (plotly.js inlined; needs bobx[interactive]).")
     ] = False,
@@ -1023,6 +1024,7 @@ def report_cmd(
         seed=seed,
         weight=weight.value,
         min_tasks=min_tasks,
+        overall_tasks=_overall_tasks(overall_tasks),
         interactive=interactive,
     )
     typer.echo(str(path.resolve()))

@@ -88,6 +88,7 @@ def report_context(
     seed: int = 0,
     weight: str = "task",
     min_tasks: int = 1,
+    overall_tasks: Sequence[str] | str | None = None,
     interactive: bool = False,
 ) -> dict[str, Any]:
     """Everything the template shows.
@@ -96,18 +97,22 @@ def report_context(
         store: the store to report on.
         tasks, backbones, datasets: only these (as ``bobx rank``); empty or None: all.
         title: the page title (default: the store URL).
-        n_boot, seed, weight, min_tasks: the ranking's, passed to
-            :func:`~featcache.runners.ranking.rank_store`.
+        n_boot, seed, weight, min_tasks, overall_tasks: the ranking's, passed to
+            :func:`~featcache.runners.ranking.rank_store` (``overall_tasks`` to
+            :func:`~featcache.runners.ranking.correlate_store` too).
         interactive: add Plotly figures (plotly.js inlined; needs the ``interactive`` extra).
     """
     from markupsafe import Markup
 
-    from evaluators.ranking import SETTING_COLUMNS, latest_records
+    from evaluators.ranking import OVERALL, SETTING_COLUMNS, latest_records
     from featcache.report.figures import interactive_html
+    from featcache.runners.names import with_canonical
     from featcache.runners.ranking import backbone_metadata, correlate_store, rank_store
 
     url = redact_url(store.url)
-    tasks, backbones, datasets = list(tasks or []), list(backbones or []), list(datasets or [])
+    tasks = list(tasks or [])
+    backbones = with_canonical(backbones, "backbone") or []  # aliases, as `bobx rank` takes them
+    datasets = with_canonical(datasets, "dataset") or []
     records = store.results(backbone=backbones or None, dataset=datasets or None)
     if records.empty and (backbones or datasets):
         raise BobxError(
@@ -131,6 +136,7 @@ def report_context(
                 seed=seed,
                 weight=weight,
                 min_tasks=min_tasks,
+                overall_tasks=overall_tasks,
             )
         except DataError as exc:  # e.g. nothing comparable yet: one backbone per setting
             note = str(exc)
@@ -152,6 +158,11 @@ def report_context(
             "seed": seed,
             "weight": weight,
             "min_tasks": min_tasks,
+            "overall_tasks": overall_tasks,
+            # the tasks "overall" combined (rank_store's in_overall column says which)
+            "overall_combines": []
+            if ranked is None or "in_overall" not in ranked
+            else sorted(set(ranked.loc[ranked["in_overall"].astype(bool), "task"]) - {OVERALL}),
         },
         "ranking": None if ranked is None else sections.ranking(ranked, figs),
         "ranking_note": note,
@@ -172,7 +183,13 @@ def report_context(
         ctx["robustness"] = sections.robustness(latest, figs)
     meta = None
     if ranked is not None:
-        corr = correlate_store(store, tasks=tasks, backbones=backbones, datasets=datasets)
+        corr = correlate_store(
+            store,
+            tasks=tasks,
+            backbones=backbones,
+            datasets=datasets,
+            overall_tasks=overall_tasks,
+        )
         meta = corr["meta"]
         ctx["correlation"] = sections.correlation(corr, figs)
         ctx["speed"] = sections.speed(latest, ranked, meta, figs)
