@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from featcache.datasets import get_dataset_spec, open_split
-    from featcache.extract import _set_threads, default_workers, resolve_device
+    from featcache.extract import default_workers, resolve_device, set_threads
     from featcache.models import load_backbone, plan_backbone
 
     device = resolve_device(args.device or ("cuda" if args.gpu else "cpu"))
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         split = open_split(get_dataset_spec("image_folder"), "test", data_root=data)
         plan = plan_backbone(args.backbone, "random")
         model = load_backbone(plan, device=device)
-        _set_threads(device)
+        set_threads(device)
         name = (
             torch.cuda.get_device_name(device)
             if device.type == "cuda"

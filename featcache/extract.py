@@ -148,7 +148,7 @@ def _load_model(plan: Any, device: Any, models: MutableMapping[str, Any] | None)
         model = load_backbone(plan, device=device)
         if models is not None:
             models[key] = model
-    _set_threads(device)
+    set_threads(device)
     return model
 
 
@@ -162,7 +162,7 @@ def library_versions() -> dict[str, str | None]:
     return out
 
 
-def _dataset_identity(dspec: Any) -> dict[str, Any]:
+def dataset_identity(dspec: Any) -> dict[str, Any]:
     """The dataset spec fields that change bytes (not its description, file or root)."""
     d = dspec.to_dict()
     options = {k: v for k, v in (d.get("options") or {}).items() if k != "root"}
@@ -189,7 +189,7 @@ def cache_recipe(
     return {
         "recipe": RECIPE_VERSION,
         "model": plan.identity(),
-        "dataset": _dataset_identity(dspec),
+        "dataset": dataset_identity(dspec),
         "split": split_name,
         "n": len(split),
         "ids_digest": split.ids_digest(),
@@ -976,7 +976,7 @@ def _torch_threads() -> int:
     return int(torch.get_num_threads())
 
 
-def _set_threads(device: Any) -> None:
+def set_threads(device: Any) -> None:
     """Backend settings. On CPU the model gets the cores this process may use (decode
     workers run beside it at one thread each). torch's default counts the machine's cores, which oversubscribes
     a container limited to fewer; an explicit OMP_NUM_THREADS is respected."""

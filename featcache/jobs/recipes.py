@@ -365,6 +365,15 @@ def _check_when(raw: Any, source: str, name: str, where: str) -> FrozenMap:
     return FrozenMap(raw)
 
 
+def point_label(points: Sequence[Mapping[str, Any]], point: Mapping[str, Any]) -> str:
+    """``point``'s fields that vary across ``points`` (one grid), as ``k=v`` words: the
+    short name of a sweep member in logs, runs and curves."""
+    varying = [k for k in point if len({repr(p[k]) for p in points}) > 1]
+    return " ".join(
+        f"{k}={point[k]:g}" if isinstance(point[k], float) else f"{k}={point[k]}" for k in varying
+    )
+
+
 def recipe_from_fields(name: str, fields: Mapping[str, Any]) -> Recipe:
     """Validate one YAML entry into a :class:`Recipe` (ManifestError naming file and entry)."""
     source = str(fields.get("_source", "<python>"))

@@ -45,9 +45,8 @@ from featcache import provenance
 from featcache.catalog import thaw
 from featcache.errors import BobxError, DataError, UnknownNameError
 from featcache.jobs import JobSpec, SweepOutcome, get_recipe, make_job, run_sweep
-from featcache.jobs.recipes import Recipe, list_recipes
+from featcache.jobs.recipes import Recipe, list_recipes, point_label
 from featcache.records import Record, make_record
-from featcache.runners.finetune import _label
 from featcache.store import Store
 
 log = logging.getLogger(__name__)
@@ -270,11 +269,11 @@ def run_detection(
     )
     from featcache.extract import (
         PRECISIONS,
-        _dataset_identity,
-        _set_threads,
+        dataset_identity,
         default_workers,
         library_versions,
         resolve_device,
+        set_threads,
     )
 
     if protocol not in PROTOCOLS:
@@ -344,7 +343,7 @@ def run_detection(
         identity = {
             "model": plan.identity(),
             "protocol": protocol,
-            "dataset": _dataset_identity(dspec),
+            "dataset": dataset_identity(dspec),
             "train": {**_split_identity(train), "rows": provenance.digest([int(r) for r in rows])},
             "evals": [
                 {**_split_identity(e.split), "categories": list(e.categories)} for e in evals
@@ -364,7 +363,7 @@ def run_detection(
                 identity,
                 params=params,
                 point=thaw(point),
-                label=_label(points, point),
+                label=point_label(points, point),
             )
         )
     workers = default_workers(dev.type) if num_workers is None else max(0, int(num_workers))
@@ -372,7 +371,7 @@ def run_detection(
     checks: dict[str, dict[str, Any]] = {}
 
     def make_trainer(job: JobSpec) -> DetectionTrainer:
-        _set_threads(dev)
+        set_threads(dev)
         if dev.type == "cuda":  # image sizes vary: cuDNN's per-shape autotuning only costs
             import torch
 

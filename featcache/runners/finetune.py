@@ -26,7 +26,7 @@ the ``finetune_curve`` artifact (per-epoch curve; attrs: the params, the point,
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ from featcache import provenance
 from featcache.catalog import thaw
 from featcache.errors import DataError, UnknownNameError
 from featcache.jobs import JobSpec, SweepOutcome, get_recipe, make_job, run_sweep
-from featcache.jobs.recipes import Recipe
+from featcache.jobs.recipes import Recipe, point_label
 from featcache.records import Record, make_record
 from featcache.store import Store
 
@@ -162,13 +162,6 @@ def _split_identity(split: Any, rows: np.ndarray | None = None) -> dict[str, Any
     return out
 
 
-def _label(points: Sequence[Mapping[str, Any]], point: Mapping[str, Any]) -> str:
-    varying = [k for k in point if len({repr(p[k]) for p in points}) > 1]
-    return " ".join(
-        f"{k}={point[k]:g}" if isinstance(point[k], float) else f"{k}={point[k]}" for k in varying
-    )
-
-
 def finetune_jobs(
     plan: Any,
     dspec: Any,
@@ -185,7 +178,7 @@ def finetune_jobs(
 ) -> list[JobSpec]:
     """One JobSpec per grid point of ``recipe`` for this backbone and dataset
     (``world_size``: torchrun processes, which see ``micro_batch`` images each)."""
-    from featcache.extract import _dataset_identity, library_versions
+    from featcache.extract import dataset_identity, library_versions
 
     context = {
         "family": plan.spec.family,
@@ -212,7 +205,7 @@ def finetune_jobs(
     for point in points:
         identity = {
             "model": plan.identity(),
-            "dataset": _dataset_identity(dspec),
+            "dataset": dataset_identity(dspec),
             "train": _split_identity(splits.train, splits.fit_rows),
             "val": _split_identity(splits.val, splits.val_rows),
             "test": _split_identity(splits.test),
@@ -234,7 +227,7 @@ def finetune_jobs(
                 identity,
                 params=params,
                 point=thaw(point),
-                label=_label(points, point),
+                label=point_label(points, point),
             )
         )
     return jobs
@@ -274,7 +267,7 @@ def run_finetune(
     every process trains its share through DistributedDataParallel and rank 0 writes."""
     from featcache.backbones import get_backbone_spec
     from featcache.datasets import get_dataset_spec
-    from featcache.extract import PRECISIONS, _set_threads, default_workers, resolve_device
+    from featcache.extract import PRECISIONS, default_workers, resolve_device, set_threads
     from featcache.jobs.distributed import from_env, setup
     from featcache.models import plan_backbone
     from featcache.training.classification import ClassificationData, ClassificationTrainer
@@ -336,7 +329,7 @@ def run_finetune(
     interpolation = str(plan.data_config.get("interpolation") or "bicubic")
 
     def make_trainer(job: JobSpec) -> ClassificationTrainer:
-        _set_threads(dev)
+        set_threads(dev)
         model, info = finetune_classifier(
             plan,
             splits.num_classes,

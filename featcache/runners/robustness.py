@@ -160,11 +160,11 @@ def run_robustness(
     from featcache.datasets import get_dataset_spec, open_split
     from featcache.extract import (
         PRECISIONS,
-        _dataset_identity,
-        _set_threads,
+        dataset_identity,
         default_workers,
         library_versions,
         resolve_device,
+        set_threads,
     )
     from featcache.models import plan_backbone
     from featcache.training.attack import AttackRun, parse_eps, parse_step_size
@@ -222,7 +222,7 @@ def run_robustness(
     identity = {
         "model": plan.identity(),
         "head": chosen.identity,
-        "dataset": _dataset_identity(dspec),
+        "dataset": dataset_identity(dspec),
         "split": split.split,
         "ids_digest": split.ids_digest(),
         "rows": provenance.sha256_bytes(rows.astype(np.int64).tobytes()),
@@ -233,7 +233,7 @@ def run_robustness(
     job = make_job("robustness", spec.name, dspec.name, identity, params=params)
 
     def make_trainer(j: JobSpec) -> AttackRun:
-        _set_threads(dev)
+        set_threads(dev)
         return AttackRun(
             chosen.model,
             split,

@@ -69,9 +69,9 @@ def run_speed(
     from featcache.extract import (
         PRECISIONS,
         _device_name,
-        _set_threads,
         library_versions,
         resolve_device,
+        set_threads,
     )
     from featcache.models import load_backbone, plan_backbone
     from featcache.training.timing import current_rss_mb, measure_speed
@@ -83,7 +83,7 @@ def run_speed(
     if resolution is not None and resolution < 8:
         raise BobxError(f"--resolution must be at least 8 pixels, got {resolution}.")
     dev = resolve_device(device)
-    _set_threads(dev)
+    set_threads(dev)
     records: list[Record] = []
     for name in backbones:
         plan = plan_backbone(_at_resolution(get_backbone_spec(name), resolution), weights)
