@@ -105,18 +105,29 @@ def reference(manifests: Path, tmp_path_factory: pytest.TempPathFactory) -> feat
     """The tiny suite computed serially, one command after the other, through the library
     twins of `bobx extract`, `knn`, `probe`, `calibrate` and `retrieve` with their
     defaults (what a user types by hand)."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
     from featcache.extract import extract
     from featcache.runners.classification import run_calibration, run_knn, run_probe
     from featcache.runners.retrieval import run_retrieval
 
     store = featcache.open_store(str(tmp_path_factory.mktemp("reference") / "store"))
-    for bb in ("e2e_resnet", "e2e_vit"):
-        extract(store, bb, "digits", splits=["train", "test"], weights="random", limit=600,
-                chunk_rows=128, num_workers=0, progress=False)  # fmt: skip
-    run_knn(store, "all", "digits", ks=(10, 20))
-    run_probe(store, "all", "digits", shots=5)
-    run_calibration(store, "all", "digits", run="shots5-seed0")
-    run_retrieval(store, "all", "digits")
+    # the workers' thread count (OMP_NUM_THREADS=1) for torch and numpy's BLAS: on
+    # another count BLAS sums in another order, and probe logits differ in the last bits
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(1):
+            for bb in ("e2e_resnet", "e2e_vit"):
+                extract(store, bb, "digits", splits=["train", "test"], weights="random",
+                        limit=600, chunk_rows=128, num_workers=0, progress=False)  # fmt: skip
+            run_knn(store, "all", "digits", ks=(10, 20))
+            run_probe(store, "all", "digits", shots=5)
+            run_calibration(store, "all", "digits", run="shots5-seed0")
+            run_retrieval(store, "all", "digits")
+    finally:
+        torch.set_num_threads(threads)
     return store
 
 
