@@ -267,7 +267,10 @@ def test_local_worker_killed_mid_extraction_is_retried(slow_reference, tmp_path:
     )
 
 
-@pytest.mark.parametrize("executor", ["local", "ray"])
+@pytest.mark.parametrize(
+    "executor",
+    ["local", pytest.param("ray", marks=pytest.mark.slow)],  # same leases; Ray start ~10 s
+)
 def test_plain_extract_holding_the_lease_is_not_duplicated(
     executor, slow_reference, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:

@@ -257,11 +257,11 @@ def test_paper_report_equals_rank_json_and_is_self_contained(paper_store, paper_
     }
 
 
-def test_overall_tasks_pass_through_to_the_ranking(paper_store, tmp_path):
+def test_overall_tasks_pass_through_to_the_ranking(paper_store, paper_report, tmp_path):
     """`bobx report --overall-tasks` ranks as `bobx rank --overall-tasks` does, and the page
     names the tasks "overall" combined (by default BoB's performance tasks, without
     calibration and robustness)."""
-    default = soup(paper_store_report(paper_store, tmp_path / "default.html"))
+    default = soup(paper_report)
     note = default.find("section", id="ranking").get_text(" ", strip=True)
     assert "overall combines the tasks classification, detection" in note
     assert "calibration," not in note.split("overall combines")[1].split("(weight")[0]
@@ -272,11 +272,6 @@ def test_overall_tasks_pass_through_to_the_ranking(paper_store, tmp_path):
     assert_ranking_equals(page, rank_json(paper_store, "--n-boot", "50", "--overall-tasks", "all"))
     note = page.find("section", id="ranking").get_text(" ", strip=True)
     assert "calibration" in note.split("overall combines")[1].split("(weight")[0]
-
-
-def paper_store_report(store: str, out: Path) -> Path:
-    bobx("report", "--output", str(out), "--n-boot", "50", store=store)
-    return out
 
 
 def test_paper_report_reproduces_table2_top3(paper_store, tmp_path):
