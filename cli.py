@@ -857,6 +857,14 @@ class Weight(StrEnum):
     setting = "setting"
 
 
+# the options `bobx rank`, `correlate` and `report` share
+OnlyOpt = Annotated[list[str] | None, typer.Option(help="Only these (repeatable).")]
+NBootOpt = Annotated[int, typer.Option(help="Bootstrap replicates (0: none).")]
+BootSeedOpt = Annotated[int, typer.Option(help="Bootstrap seed.")]
+WeightOpt = Annotated[
+    Weight, typer.Option(help="overall = mean of task scores, or of all settings.")
+]
+MinTasksOpt = Annotated[int, typer.Option(help="Overall: backbones in >= this many tasks.")]
 OverallTasksOpt = Annotated[
     str | None,
     typer.Option(
@@ -889,14 +897,12 @@ def _overall_line(combined: list[str], ranked: list[str]) -> str:
 @app.command("rank")
 def rank_cmd(
     task: Annotated[list[str] | None, typer.Option(help="Rank these tasks (repeatable).")] = None,
-    backbone: Annotated[list[str] | None, typer.Option(help="Only these (repeatable).")] = None,
-    dataset: Annotated[list[str] | None, typer.Option(help="Only these (repeatable).")] = None,
-    n_boot: Annotated[int, typer.Option(help="Bootstrap replicates (0: none).")] = 1000,
-    seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
-    weight: Annotated[
-        Weight, typer.Option(help="overall = mean of task scores, or of all settings.")
-    ] = Weight.task,
-    min_tasks: Annotated[int, typer.Option(help="Overall: backbones in >= this many tasks.")] = 1,
+    backbone: OnlyOpt = None,
+    dataset: OnlyOpt = None,
+    n_boot: NBootOpt = 1000,
+    seed: BootSeedOpt = 0,
+    weight: WeightOpt = Weight.task,
+    min_tasks: MinTasksOpt = 1,
     overall_tasks: OverallTasksOpt = None,
     top: Annotated[int, typer.Option(help="Backbones per task in the summary.")] = 3,
     csv: Annotated[Path | None, typer.Option(help="Also write the full ranking as CSV.")] = None,
@@ -944,8 +950,8 @@ def rank_cmd(
 @app.command("correlate")
 def correlate_cmd(
     task: Annotated[list[str] | None, typer.Option(help="Only these tasks (repeatable).")] = None,
-    backbone: Annotated[list[str] | None, typer.Option(help="Only these (repeatable).")] = None,
-    dataset: Annotated[list[str] | None, typer.Option(help="Only these (repeatable).")] = None,
+    backbone: OnlyOpt = None,
+    dataset: OnlyOpt = None,
     plot: Annotated[Path | None, typer.Option(help="Heatmap of task-task rho (PNG).")] = None,
     scatter: Annotated[
         str | None, typer.Option(help="TASK_X,TASK_Y: a two-task scatter (paper Fig. 1).")
@@ -995,15 +1001,13 @@ def correlate_cmd(
 def report_cmd(
     output: Annotated[Path, typer.Option(help="The HTML file to write.")] = Path("report.html"),
     task: Annotated[list[str] | None, typer.Option(help="Only these tasks (repeatable).")] = None,
-    backbone: Annotated[list[str] | None, typer.Option(help="Only these (repeatable).")] = None,
-    dataset: Annotated[list[str] | None, typer.Option(help="Only these (repeatable).")] = None,
+    backbone: OnlyOpt = None,
+    dataset: OnlyOpt = None,
     title: Annotated[str | None, typer.Option(help="Page title (default: the store URL).")] = None,
-    n_boot: Annotated[int, typer.Option(help="Bootstrap replicates (0: none).")] = 1000,
-    seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
-    weight: Annotated[
-        Weight, typer.Option(help="overall = mean of task scores, or of all settings.")
-    ] = Weight.task,
-    min_tasks: Annotated[int, typer.Option(help="Overall: backbones in >= this many tasks.")] = 1,
+    n_boot: NBootOpt = 1000,
+    seed: BootSeedOpt = 0,
+    weight: WeightOpt = Weight.task,
+    min_tasks: MinTasksOpt = 1,
     overall_tasks: OverallTasksOpt = None,
     interactive: Annotated[
         bool, typer.Option(help="Add Plotly figures (plotly.js inlined; needs bobx[interactive]).")
