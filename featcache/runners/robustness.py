@@ -176,7 +176,7 @@ def run_robustness(
         raise UnknownNameError("precision", precision, PRECISIONS)
     if steps < 1 or batch_size < 1:
         raise BobxError("--steps and --batch-size must be positive.")
-    radii = [parse_eps("0")] + [parse_eps(e) for e in eps if parse_eps(e)[1] > 0]
+    radii = [parse_eps("0")] + [r for r in map(parse_eps, eps) if r[1] > 0]
     names = [r[0] for r in radii]
     if len(set(names)) != len(names):
         raise BobxError(f"--eps lists a radius twice: {', '.join(eps)}.")
